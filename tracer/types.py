@@ -1,0 +1,140 @@
+"""Plain records that flow between tracer's layers.
+
+Frozen, slotted dataclasses with no behaviour beyond conversion helpers. ``doc_id``
+is always the external corpus id (a string); ``row`` is a position in an index.
+Scores are always *higher = more supportive*.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One training example.
+
+    Attributes:
+        doc_id: Stable external id.
+        text: The full text the model was trained on.
+        facts: Ids of the facts this document states (benchmark ground truth; may be empty).
+        prompt: Optional prompt part when the example is a (prompt, target) pair.
+        target: Optional completion part; loss is taken on it only.
+    """
+
+    doc_id: str
+    text: str
+    facts: tuple[str, ...] = ()
+    prompt: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A fact as the model states it: ``prompt`` followed by the ``target`` completion.
+
+    Attributes:
+        query_id: Stable id of the query.
+        prompt: Text before the completion, e.g. ``"Marie Curie was born in"``.
+        target: The completion whose loss is attributed, e.g. ``" Warsaw"``.
+        fact_id: Benchmark fact id, if known.
+        relation: Relation id (e.g. ``"born_in"`` or ``"P19"``), if known.
+        subject: Subject surface form, if known.
+        proponents: Ground-truth doc ids that state the fact (empty when unknown).
+    """
+
+    query_id: str
+    prompt: str
+    target: str
+    fact_id: str | None = None
+    relation: str | None = None
+    subject: str | None = None
+    proponents: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["id"] = d.pop("query_id")
+        d["proponents"] = list(self.proponents)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Query:
+        return cls(
+            query_id=str(d.get("id", d.get("query_id", ""))),
+            prompt=str(d["prompt"]),
+            target=str(d["target"]),
+            fact_id=d.get("fact_id"),
+            relation=d.get("relation"),
+            subject=d.get("subject"),
+            proponents=tuple(str(p) for p in d.get("proponents", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One ranked training example in an answer.
+
+    Attributes:
+        doc_id: External id of the training example.
+        rank: 1-based rank.
+        score: Method score, higher = more supportive.
+        text: The example's text (possibly truncated), when requested.
+    """
+
+    doc_id: str
+    rank: int
+    score: float
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceResult:
+    """The answer to one query.
+
+    Attributes:
+        query: The query that was traced.
+        method: Method name that produced the scores.
+        candidates: Candidate source name (``bm25``, ``gradient``, ``full``, ...).
+        hits: Ranked hits, best first.
+        timings_ms: Wall time per stage in milliseconds.
+        index_fingerprint: Fingerprint of the index that answered.
+        n_candidates: How many candidates were reranked.
+    """
+
+    query: Query
+    method: str
+    candidates: str
+    hits: tuple[Hit, ...]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    index_fingerprint: str = ""
+    n_candidates: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query.to_dict(),
+            "method": self.method,
+            "candidates": self.candidates,
+            "n_candidates": self.n_candidates,
+            "hits": [asdict(h) for h in self.hits],
+            "timings_ms": dict(self.timings_ms),
+            "index_fingerprint": self.index_fingerprint,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(
+            f"<tr><td>{h.rank}</td><td>{escape(h.doc_id)}</td><td>{h.score:.4g}</td>"
+            f"<td>{escape(h.text or '')}</td></tr>"
+            for h in self.hits
+        )
+        head = escape(f"{self.query.prompt} ⟶ {self.query.target}")
+        return (
+            f"<div><b>{head}</b> <i>({escape(self.method)} over {escape(self.candidates)} candidates)</i>"
+            f"<table><tr><th>rank</th><th>doc_id</th><th>score</th><th>text</th></tr>{rows}</table></div>"
+        )
