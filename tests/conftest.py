@@ -1,0 +1,67 @@
+"""Shared fixtures: offline guards, tiny seeded models, tiny corpora."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+RTOL64 = 1e-9  # float64 math
+RTOL32, ATOL32 = 1e-5, 1e-6  # float32 pipelines
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: object) -> object:
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and self.family in (socket.AF_INET, socket.AF_INET6) and host not in (
+            "127.0.0.1", "::1", "localhost", "0.0.0.0"):
+        raise RuntimeError(f"tests must stay offline; attempted connect to {address!r}")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+@pytest.fixture(scope="session")
+def tiny_bench():
+    from tracer.benchmark import PRESETS, generate
+
+    return generate(PRESETS["tiny"])
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_bench):
+    from tracer.model.tiny import train_tokenizer
+
+    return train_tokenizer((d.text for d in tiny_bench.documents), 300)
+
+
+def make_tiny_model(arch: str, vocab: int, seed: int = 0):
+    import torch
+
+    from tracer.model.tiny import ArchConfig, build_model
+
+    m = build_model(ArchConfig(arch=arch, n_layer=2, d_model=32, n_head=2, vocab_size=vocab), vocab, seed=seed)
+    m.config._attn_implementation = "eager"
+    # Random (not default zero/one) biases and norm scales so every gradient group is exercised.
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("bias") or "norm" in n or ".ln_" in n:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return m.eval()
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny_model(request, tiny_tokenizer):
+    return make_tiny_model(request.param, len(tiny_tokenizer))

@@ -1,0 +1,117 @@
+"""Load causal LMs, tokenizers and training checkpoints from **local paths only**.
+
+A checkpoint directory is an ordinary ``save_pretrained`` model directory; tracer
+adds ``tracer_checkpoint.json`` (step, learning rate) and optionally
+``optimizer_v.safetensors`` (Adam's second moment per parameter name) beside it.
+A *run* directory written by ``tracer train`` lists its checkpoints in
+``checkpoints.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracer.errors import DataError
+
+CHECKPOINT_META = "tracer_checkpoint.json"  # {"step", "lr", "epoch"} of one checkpoint
+OPTIMIZER_V = "optimizer_v.safetensors"  # Adam exp_avg_sq keyed by parameter name
+RUN_CHECKPOINTS = "checkpoints.json"  # ordered list of checkpoint dirs of a training run
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One training checkpoint.
+
+    Attributes:
+        path: The model directory.
+        lr: Learning rate in effect at this checkpoint (TracIn's weight).
+        step: Optimizer step.
+    """
+
+    path: Path
+    lr: float
+    step: int = 0
+
+    @property
+    def has_optimizer_state(self) -> bool:
+        return (self.path / OPTIMIZER_V).is_file()
+
+
+def _require_local_dir(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise DataError(f"{what} directory not found: {p} (tracer loads local paths only, never a hub id)")
+    return p
+
+
+def load_model(path: str | Path, dtype: Any = None) -> Any:
+    """Load a transformers causal LM from a local directory, in eval mode.
+
+    Raises:
+        DataError: If the directory does not exist or holds no loadable model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    p = _require_local_dir(path, "model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True,
+                                                     dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot load a causal LM from {p}: {exc}") from exc
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load a tokenizer from a local directory (pad token defaults to eos)."""
+    from transformers import AutoTokenizer
+
+    p = _require_local_dir(path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot load a tokenizer from {p}: {exc}") from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def read_checkpoint(path: str | Path, default_lr: float = 1.0) -> Checkpoint:
+    """A checkpoint from its directory, with the lr recorded by ``tracer train`` if any."""
+    p = _require_local_dir(path, "checkpoint")
+    meta_file = p / CHECKPOINT_META
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        return Checkpoint(p, float(meta["lr"]), int(meta.get("step", 0)))
+    return Checkpoint(p, default_lr, 0)
+
+
+def load_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
+    """The ordered checkpoints of a training run directory (``checkpoints.json``)."""
+    run = _require_local_dir(run_dir, "training run")
+    listing = run / RUN_CHECKPOINTS
+    if not listing.is_file():
+        raise DataError(f"{listing} not found: not a tracer training run (pass --checkpoint DIR instead)")
+    names = json.loads(listing.read_text())
+    return [read_checkpoint(run / n) for n in names]
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """sha256 over the weight files of a model directory (sorted by name)."""
+    p = _require_local_dir(path, "model")
+    files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")))
+    files = [f for f in files if f.name != OPTIMIZER_V]
+    if not files:
+        raise DataError(f"no weight files (*.safetensors, *.bin) in {p}")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
