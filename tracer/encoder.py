@@ -1,0 +1,86 @@
+"""``QueryEncoder``: a query's gradients (every checkpoint and view) and embedding, made exactly like the corpus's.
+
+Checkpoints are loaded once and kept; their weight fingerprints are checked against the
+index manifest, so a query is never scored with a model the index was not built from.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tracer.errors import IndexMismatchError
+from tracer.featurize.checkpoint import CheckpointFeaturizer, embed_texts
+from tracer.featurize.config import FeaturizeConfig
+from tracer.index.store import IndexStore
+from tracer.methods.base import QueryFeatures
+from tracer.model.loading import Checkpoint, load_tokenizer, weights_fingerprint
+from tracer.model.tokenization import encode_example
+
+log = logging.getLogger(__name__)
+
+
+class QueryEncoder:
+    """Featurizes queries for one index.
+
+    Args:
+        store: The opened index.
+        checkpoint_dirs: Override the checkpoint paths recorded in the manifest (same order);
+            fingerprints must still match.
+        check_fingerprints: Verify checkpoint weights against the manifest.
+    """
+
+    def __init__(self, store: IndexStore, checkpoint_dirs: Sequence[str | Path] | None = None,
+                 check_fingerprints: bool = True) -> None:
+        self.store = store
+        recorded = store.checkpoints
+        dirs = [Path(p) for p in checkpoint_dirs] if checkpoint_dirs else [Path(c["path"]) for c in recorded]
+        if len(dirs) != len(recorded):
+            raise IndexMismatchError(f"index {store.name!r} was built from {len(recorded)} checkpoints, "
+                                     f"got {len(dirs)}")
+        if check_fingerprints:
+            for d, c in zip(dirs, recorded):
+                if weights_fingerprint(d) != c["fingerprint"]:
+                    raise IndexMismatchError(f"model weights at {d} differ from the checkpoint index "
+                                             f"{store.name!r} was built from (fingerprint mismatch)")
+        self.tokenizer = load_tokenizer(store.manifest.get("tokenizer") or dirs[-1])
+        self.cfg = FeaturizeConfig.from_dict(store.manifest["featurize"]) if store.manifest.get("featurize") \
+            else None
+        views = store.manifest.get("views", [])
+        self.featurizers = [CheckpointFeaturizer(Checkpoint(d, c["lr"], c["step"]), self.tokenizer, self.cfg, views)
+                            for d, c in zip(dirs, recorded)] if self.cfg else []
+        self._final_model = self.featurizers[-1].model if self.featurizers else None
+
+    def encode(self, prompt: str, target: str, need_grads: bool = True, need_embedding: bool = True) -> QueryFeatures:
+        """Features of one query (the parts requested)."""
+        return self.encode_many([(prompt, target)], need_grads, need_embedding)[0]
+
+    def encode_many(self, pairs: Sequence[tuple[str, str]], need_grads: bool = True,
+                    need_embedding: bool = True) -> list[QueryFeatures]:
+        """Features of several queries, batched per checkpoint."""
+        out = [QueryFeatures(text=p + t) for p, t in pairs]
+        if need_grads and self.featurizers:
+            enc = [encode_example(self.tokenizer, p, t, self.cfg.max_length) for p, t in pairs]  # type: ignore
+            for fz in self.featurizers:
+                feats, losses = fz.featurize(enc)
+                for i, q in enumerate(out):
+                    for v, f in feats.items():
+                        q.grads.setdefault(v, []).append(f[i])
+                    q.losses.append(float(losses[i]))
+        if need_embedding and self.store.has("embeddings"):
+            model = self._final_model or self._load_final()
+            emb = embed_texts(model, self.tokenizer, [p + t for p, t in pairs])
+            for i, q in enumerate(out):
+                q.embedding = emb[i]
+        return out
+
+    def _load_final(self):  # type: ignore[no-untyped-def]
+        from tracer.model.loading import load_model
+
+        self._final_model = load_model(self.store.checkpoints[-1]["path"])
+        return self._final_model
+
+

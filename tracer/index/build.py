@@ -1,0 +1,275 @@
+"""``build_index``: corpus + checkpoints -> an index directory, crash-safe and resumable.
+
+The build writes into ``<out>.partial`` and renames it to ``<out>`` only when every stage
+is done, so a crash never leaves a directory that loads. Gradient featurization is
+sharded; each finished shard (all views, one checkpoint) leaves a done-marker, and
+rerunning the same build resumes from the first missing shard. Shards are aligned to
+batches and featurization is deterministic, so a resumed build is byte-identical to an
+uninterrupted one. Stages after featurization read the stored features back (streamed in
+chunks), which keeps them resumable and keeps memory independent of corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tracer.corpus import corpus_fingerprint
+from tracer.featurize.checkpoint import CheckpointFeaturizer, encode_documents, view_names
+from tracer.featurize.config import FeaturizeConfig
+from tracer.index import files as F
+from tracer.index.manifest import write_manifest
+from tracer.index.stages import (
+    build_embedding_stage,
+    build_influence_stage,
+    build_trak_stage,
+    gradient_faiss_stage,
+)
+from tracer.model.loading import Checkpoint, load_tokenizer, weights_fingerprint
+from tracer.types import Document
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """What an index contains and how it is built (saved in the manifest)."""
+
+    featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig, metadata={"help": "gradient features"})
+    # --- stages ---
+    gradients: bool = field(default=True, metadata={"help": "projected gradient features per checkpoint"})
+    influence: bool = field(default=True, metadata={"help": "per-block projected Fisher for influence"})
+    trak: bool = field(default=True, metadata={"help": "TRAK sketch features and Gram matrices"})
+    embeddings: bool = field(default=True, metadata={"help": "mean-pooled hidden states + FAISS"})
+    bm25: bool = field(default=True, metadata={"help": "bm25s lexical index"})
+    # --- parameters ---
+    trak_dim: int = field(default=1024, metadata={"help": "TRAK sketch width per checkpoint"})
+    faiss_factory: str = field(default="Flat", metadata={"help": "FAISS factory string for gradient search"})
+    faiss_train_size: int = field(default=20000, metadata={"help": "training sample for approximate FAISS"})
+    shard_size: int = field(default=256, metadata={"help": "examples per resumable shard"})
+    seed: int = field(default=0, metadata={"help": "seed of TRAK sketch and FAISS training sample"})
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1 or self.shard_size % self.featurize.batch_size:
+            raise ValueError(f"IndexConfig.shard_size ({self.shard_size}) must be a positive multiple of "
+                             f"featurize.batch_size ({self.featurize.batch_size})")
+        if self.trak_dim < 1:
+            raise ValueError("IndexConfig.trak_dim must be >= 1")
+        if (self.influence or self.trak) and not self.gradients:
+            raise ValueError("IndexConfig: influence and trak need gradients=True")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["featurize"] = self.featurize.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
+        d = dict(d)
+        d["featurize"] = FeaturizeConfig.from_dict(d.get("featurize", {}))
+        return cls(**d)
+
+
+class _SimulatedCrash(RuntimeError):
+    """Raised by the test hook ``fail_after_shards``."""
+
+
+def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out: str | Path,
+                cfg: IndexConfig | None = None, *, tokenizer_path: str | Path | None = None,
+                overwrite: bool = False, corpus_path: str = "", progress: bool = True,
+                fail_after_shards: int | None = None) -> dict[str, Any]:
+    """Build (or resume building) an index directory.
+
+    Args:
+        docs: The training corpus, in row order.
+        checkpoints: Training checkpoints, oldest first; the last one is "the model".
+        out: Final index directory (must not exist unless ``overwrite``).
+        cfg: Build configuration.
+        tokenizer_path: Tokenizer directory (default: the last checkpoint's directory).
+        overwrite: Replace an existing index at ``out``.
+        corpus_path: Recorded in the manifest for provenance.
+        progress: Show progress bars.
+        fail_after_shards: Test hook: raise after this many newly written shards.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is false.
+        ValueError: Empty corpus or no checkpoints.
+    """
+    cfg = cfg or IndexConfig()
+    out = Path(out)
+    if not docs:
+        raise ValueError("cannot build an index over an empty corpus")
+    if not checkpoints:
+        raise ValueError("at least one checkpoint is needed")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    t_start = time.perf_counter()
+    part = _prepare_partial(out, docs, checkpoints, cfg, corpus_path)
+    timings: dict[str, float] = {}
+    tok = load_tokenizer(tokenizer_path or checkpoints[-1].path)
+    ctx = _BuildContext(part, docs, list(checkpoints), cfg, tok, progress, fail_after_shards)
+    views = view_names(cfg.featurize, checkpoints)
+    stages: list[tuple[str, bool, Callable[[_BuildContext], dict[str, Any]]]] = [
+        ("gradients", cfg.gradients, lambda c: _gradient_stage(c, views)),
+        ("gradient_faiss", cfg.gradients, gradient_faiss_stage),
+        ("influence", cfg.influence, build_influence_stage),
+        ("trak", cfg.trak, build_trak_stage),
+        ("embeddings", cfg.embeddings, build_embedding_stage),
+        ("bm25", cfg.bm25, _bm25_stage),
+    ]
+    stage_info: dict[str, Any] = {}
+    for name, enabled, fn in stages:
+        if enabled:
+            stage_info[name], timings[name] = _run_stage(ctx, name, fn)
+    manifest = _manifest(ctx, views, stage_info, timings, corpus_path)
+    manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+    shutil.rmtree(part / F.BUILD_STATE)
+    (part / F.BUILD_CONFIG).unlink()
+    manifest = write_manifest(part, manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    part.rename(out)
+    log.info("index written to %s (%d documents)", out, len(docs))
+    return manifest
+
+
+@dataclass
+class _BuildContext:
+    root: Path
+    docs: Sequence[Document]
+    checkpoints: list[Checkpoint]
+    cfg: IndexConfig
+    tokenizer: Any
+    progress: bool
+    fail_after_shards: int | None
+    dims: dict[str, Any] = field(default_factory=dict)
+    layout: list[Any] = field(default_factory=list)
+
+
+def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
+                     corpus_path: str) -> Path:
+    """Create or reuse ``<out>.partial``; a partial build of a different config is discarded."""
+    part = out.with_name(out.name + ".partial")
+    want = {"config": cfg.to_dict(), "corpus": corpus_fingerprint(docs),
+            "checkpoints": [str(c.path.resolve()) for c in checkpoints]}
+    if part.exists():
+        try:
+            have = json.loads((part / F.BUILD_CONFIG).read_text())
+        except (OSError, json.JSONDecodeError):
+            have = None
+        if have == want:
+            log.info("resuming the interrupted build in %s", part)
+            return part
+        log.warning("discarding %s: it was started with a different corpus, model or config", part)
+        shutil.rmtree(part)
+    (part / F.BUILD_STATE).mkdir(parents=True)
+    (part / F.BUILD_CONFIG).write_text(json.dumps(want, sort_keys=True))
+    _write_documents(part, docs)
+    return part
+
+
+def _write_documents(root: Path, docs: Sequence[Document]) -> None:
+    offsets = [0]
+    with open(root / F.DOCUMENTS, "wb") as fh:
+        for d in docs:
+            line = json.dumps({"id": d.doc_id, "text": d.text, "facts": list(d.facts)}).encode() + b"\n"
+            fh.write(line)
+            offsets.append(offsets[-1] + len(line))
+    np.save(root / F.DOC_OFFSETS, np.asarray(offsets, dtype=np.int64))
+    (root / F.DOC_IDS).write_text("".join(d.doc_id + "\n" for d in docs))
+
+
+def _run_stage(ctx: _BuildContext, name: str, fn: Callable[[_BuildContext], dict[str, Any]]) -> tuple[Any, float]:
+    marker = ctx.root / F.BUILD_STATE / f"stage-{name}.json"
+    if marker.is_file():
+        saved = json.loads(marker.read_text())
+        return saved["info"], saved["seconds"]
+    t0 = time.perf_counter()
+    info = fn(ctx)
+    dt = round(time.perf_counter() - t0, 2)
+    log.info("stage %s done in %.1fs", name, dt)
+    marker.write_text(json.dumps({"info": info, "seconds": dt}))
+    return info, dt
+
+
+def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    fcfg = ctx.cfg.featurize
+    enc = encode_documents(ctx.tokenizer, ctx.docs, fcfg.max_length)
+    n, shard = len(enc), ctx.cfg.shard_size
+    n_shards = (n + shard - 1) // shard
+    written, dim, layout = 0, 0, []
+    dtype = np.float16 if fcfg.dtype == "float16" else np.float32
+    for ci, ck in enumerate(ctx.checkpoints):
+        fz = CheckpointFeaturizer(ck, ctx.tokenizer, fcfg, views)
+        dim, layout = fz.dim, fz.layout
+        mats = {v: _open_matrix(ctx.root / F.feature_file(v, ci), (n, dim), dtype) for v in views}
+        losses = _open_matrix(ctx.root / F.loss_file(ci), (n,), np.float32)
+        bar = tqdm(total=n, desc=f"gradients ckpt {ci + 1}/{len(ctx.checkpoints)}", unit="ex",
+                   disable=not ctx.progress)
+        for s in range(n_shards):
+            lo, hi = s * shard, min(n, (s + 1) * shard)
+            done = ctx.root / F.BUILD_STATE / f"grad-ckpt{ci}-shard{s}.done"
+            if not done.exists():
+                feats, loss = fz.featurize(enc[lo:hi])
+                for v in views:
+                    mats[v][lo:hi] = feats[v].astype(dtype)
+                    mats[v].flush()
+                losses[lo:hi] = loss
+                losses.flush()
+                done.touch()
+                written += 1
+                if ctx.fail_after_shards is not None and written >= ctx.fail_after_shards:
+                    raise _SimulatedCrash(f"simulated crash after {written} shards")
+            bar.update(hi - lo)
+        bar.close()
+        del mats, losses, fz
+    return {"dim": dim, "views": views, "layout": [b.to_dict() for b in layout], "n_shards": n_shards}
+
+
+def _open_matrix(path: Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return np.load(path, mmap_mode="r+")
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _bm25_stage(ctx: _BuildContext) -> dict[str, Any]:
+    from tracer.index.lexical import STOPWORDS, TOKEN_PATTERN, build_bm25
+
+    build_bm25([d.text for d in ctx.docs], ctx.root / F.BM25_DIR)
+    return {"stopwords": STOPWORDS, "token_pattern": TOKEN_PATTERN, "k1": 1.5, "b": 0.75}
+
+
+def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timings: dict[str, float],
+              corpus_path: str) -> dict[str, Any]:
+    from tracer import __version__
+
+    return {
+        "format_version": F.FORMAT_VERSION,
+        "tracer_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "corpus": {"path": corpus_path, "fingerprint": corpus_fingerprint(ctx.docs), "n_documents": len(ctx.docs)},
+        "checkpoints": [{"path": str(c.path.resolve()), "lr": c.lr, "step": c.step,
+                         "fingerprint": weights_fingerprint(c.path)} for c in ctx.checkpoints],
+        "tokenizer": str(Path(ctx.tokenizer.name_or_path).resolve()) if ctx.tokenizer.name_or_path else "",
+        "config": ctx.cfg.to_dict(),
+        "featurize": ctx.cfg.featurize.to_dict() if ctx.cfg.gradients else None,
+        "loss": {"masking": "prompt tokens -100; loss on target tokens", "reduction": ctx.cfg.featurize.loss_reduction},
+        "views": views if ctx.cfg.gradients else [],
+        "stages": stages,
+        "build_seconds": dict(timings),
+    }

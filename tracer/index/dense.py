@@ -1,0 +1,74 @@
+"""FAISS indexes over dense vectors: inner-product search, scores higher = better.
+
+The only module that imports ``faiss``. FAISS's ``D, I`` become ``scores, rows`` here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def _faiss():  # type: ignore[no-untyped-def]
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # deterministic and polite on small machines
+    return faiss
+
+
+def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "Flat",
+                train_sample: np.ndarray | None = None) -> object:
+    """An inner-product FAISS index filled from ``chunks()`` (an iterable of float32 row blocks).
+
+    Args:
+        dim: Vector width.
+        n: Number of vectors (for logging/validation).
+        chunks: Callable returning an iterator of ``(m, dim)`` float32 arrays, in row order.
+        factory: FAISS factory string (``Flat``, ``IVF1024,PQ64``, ``HNSW32``...).
+        train_sample: Vectors to train an approximate index on (required unless ``Flat``).
+
+    Raises:
+        ValueError: For a bad factory string or a missing training sample.
+    """
+    faiss = _faiss()
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"bad FAISS factory string {factory!r}: {exc}") from exc
+    if not index.is_trained:
+        if train_sample is None:
+            raise ValueError(f"FAISS index {factory!r} needs training vectors")
+        index.train(np.ascontiguousarray(train_sample, dtype=np.float32))
+    for block in chunks():  # type: ignore[attr-defined]
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
+    if index.ntotal != n:
+        raise ValueError(f"FAISS index holds {index.ntotal} vectors, expected {n}")
+    return index
+
+
+def write_faiss(index: object, path: str | Path) -> None:
+    _faiss().write_index(index, str(path))
+
+
+def read_faiss(path: str | Path, mmap: bool = True) -> object:
+    faiss = _faiss()
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError:  # some index types cannot be mmapped
+        return faiss.read_index(str(path))
+
+
+def search(index: object, queries: np.ndarray, k: int, nprobe: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` by inner product.
+
+    Returns:
+        ``scores`` ``(n_queries, k)`` float32 (higher = better) and ``rows`` ``(n_queries, k)`` int64;
+        missing results (k > n) have row ``-1``.
+    """
+    if hasattr(index, "nprobe"):
+        index.nprobe = nprobe  # type: ignore[attr-defined]
+    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)  # type: ignore[attr-defined]
+    return scores, rows

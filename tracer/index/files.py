@@ -1,0 +1,52 @@
+"""Names of the files in an index directory — one place, commented, ``UPPER_SNAKE``.
+
+Layout of ``indexes/<name>/``::
+
+    manifest.json                 format/tracer version, fingerprints, configs, file checksums
+    doc_ids.txt                   one external doc id per line; line number = row
+    documents.jsonl, doc_offsets.npy   texts (and facts) with byte offsets for lazy lookup
+    features/<view>/ckpt<i>.npy   (n_docs, dim) float16 projected gradients, memory-mapped
+    features/losses_ckpt<i>.npy   (n_docs,) float32 per-example losses
+    gradient.faiss                FAISS IP index over the TracIn concatenation [sqrt(lr_c) g_c]
+    influence/fisher_<j>.npy      (d_j, d_j) float32 per-block projected empirical Fisher (final ckpt)
+    trak/ckpt<i>.npy, trak/xtx_ckpt<i>.npy   TRAK sketch features and their Gram matrices
+    embeddings.npy, embedding.faiss           mean-pooled hidden states (final ckpt), cosine
+    bm25/                         bm25s index (its own pickle-free format)
+"""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1  # bump when the layout changes incompatibly
+MANIFEST = "manifest.json"  # the index's identity card
+DOC_IDS = "doc_ids.txt"  # row -> doc_id
+DOCUMENTS = "documents.jsonl"  # {id, text, facts} per row
+DOC_OFFSETS = "doc_offsets.npy"  # (n_docs + 1,) int64 byte offsets into DOCUMENTS
+FEATURES_DIR = "features"  # per view and checkpoint feature matrices
+GRADIENT_FAISS = "gradient.faiss"  # FAISS over the TracIn concatenation
+INFLUENCE_DIR = "influence"  # per-block Fisher matrices
+TRAK_DIR = "trak"  # TRAK sketches and Grams
+EMBEDDINGS = "embeddings.npy"  # (n_docs, d_model) float16, unit norm
+EMBEDDING_FAISS = "embedding.faiss"  # FAISS IP (cosine) over embeddings
+BM25_DIR = "bm25"  # bm25s save_dir
+BUILD_STATE = "build_state"  # inside the partial dir only: shard and stage done-markers
+BUILD_CONFIG = "build_config.json"  # inside the partial dir only: what is being built (resume guard)
+
+
+def feature_file(view: str, ckpt: int) -> str:
+    return f"{FEATURES_DIR}/{view}/ckpt{ckpt}.npy"
+
+
+def loss_file(ckpt: int) -> str:
+    return f"{FEATURES_DIR}/losses_ckpt{ckpt}.npy"
+
+
+def fisher_file(block: int) -> str:
+    return f"{INFLUENCE_DIR}/fisher_{block}.npy"
+
+
+def trak_file(ckpt: int) -> str:
+    return f"{TRAK_DIR}/ckpt{ckpt}.npy"
+
+
+def trak_xtx_file(ckpt: int) -> str:
+    return f"{TRAK_DIR}/xtx_ckpt{ckpt}.npy"

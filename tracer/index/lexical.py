@@ -1,0 +1,48 @@
+"""BM25 (Robertson et al.) over the corpus with ``bm25s``; its save format is pickle-free."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STOPWORDS = "en"  # recorded in the manifest with the tokenizer pattern
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+
+
+def _tokenize(texts: list[str]) -> list[list[str]]:
+    import bm25s
+
+    return bm25s.tokenize(texts, lower=True, stopwords=STOPWORDS, token_pattern=TOKEN_PATTERN,
+                          return_ids=False, show_progress=False)
+
+
+def build_bm25(texts: Sequence[str], out_dir: str | Path, k1: float = 1.5, b: float = 0.75) -> None:
+    """Index ``texts`` (row order) and save to ``out_dir``."""
+    import bm25s
+
+    retriever = bm25s.BM25(k1=k1, b=b)
+    retriever.index(_tokenize(list(texts)), show_progress=False)
+    retriever.save(str(out_dir), show_progress=False)
+
+
+class BM25Index:
+    """A loaded bm25s index that scores every row for a query text."""
+
+    def __init__(self, path: str | Path) -> None:
+        import bm25s
+
+        self._r = bm25s.BM25.load(str(path), mmap=True, show_progress=False)
+
+    def scores(self, text: str) -> np.ndarray:
+        """BM25 score of every row for ``text``: ``(n_docs,)`` float32 (0 where no term matches)."""
+        tokens = _tokenize([text])[0]
+        vocab = self._r.vocab_dict
+        tokens = [t for t in tokens if t in vocab]
+        if not tokens:
+            return np.zeros(self._r.scores["num_docs"], dtype=np.float32)
+        return np.asarray(self._r.get_scores(tokens), dtype=np.float32)

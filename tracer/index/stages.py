@@ -1,0 +1,127 @@
+"""Index build stages that run after gradient featurization (each reads stored features back).
+
+* gradient FAISS over the TracIn concatenation ``[sqrt(lr_1) g_1, ..., sqrt(lr_C) g_C]``,
+  so an inner product is exactly TracIn-CP (Pruthi et al. 2020);
+* the per-block projected empirical Fisher ``F_b = 1/N sum_z g_b(z) g_b(z)^T`` of the final
+  checkpoint for influence functions (Koh & Liang 2017; block-diagonal as in EK-FAC,
+  Grosse et al. 2023, but on projected gradients);
+* TRAK (Park et al. 2023): a seeded dense JL sketch ``Phi_c = G_c S`` per checkpoint and
+  its Gram ``Phi_c^T Phi_c``;
+* embeddings: mean-pooled final hidden states of the final checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from tracer.featurize.views import RAW
+from tracer.index import files as F
+from tracer.index.dense import build_faiss, write_faiss
+
+CHUNK = 2048  # rows per streamed block
+
+
+def _features(ctx: Any, view: str, ci: int) -> np.ndarray:
+    return np.load(ctx.root / F.feature_file(view, ci), mmap_mode="r")
+
+
+def tracin_rows(mats: list[np.ndarray], lrs: list[float], lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` of the TracIn concatenation ``[sqrt(lr_c) g_c]``: ``(hi-lo, C*dim)`` float32."""
+    return np.concatenate([np.sqrt(lr) * m[lo:hi].astype(np.float32) for m, lr in zip(mats, lrs)], axis=1)
+
+
+def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
+    mats = [_features(ctx, RAW, ci) for ci in range(len(ctx.checkpoints))]
+    lrs = [c.lr for c in ctx.checkpoints]
+    n, dim = len(ctx.docs), sum(m.shape[1] for m in mats)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for lo in range(0, n, CHUNK):
+            yield tracin_rows(mats, lrs, lo, min(n, lo + CHUNK))
+
+    sample = None
+    if ctx.cfg.faiss_factory != "Flat":
+        rng = np.random.default_rng(ctx.cfg.seed)
+        rows = np.sort(rng.choice(n, size=min(n, ctx.cfg.faiss_train_size), replace=False))
+        sample = np.concatenate([tracin_rows(mats, lrs, r, r + 1) for r in rows])
+    index = build_faiss(dim, n, chunks, ctx.cfg.faiss_factory, sample)
+    write_faiss(index, ctx.root / F.GRADIENT_FAISS)
+    return {"dim": dim, "factory": ctx.cfg.faiss_factory, "space": "tracin: [sqrt(lr_c) * raw_c]"}
+
+
+def block_fisher(mat: np.ndarray, layout: list[dict[str, Any]]) -> list[np.ndarray]:
+    """Per-block ``1/N sum_z g_b g_b^T`` of a ``(N, dim)`` feature matrix, float64, streamed."""
+    n = mat.shape[0]
+    acc = [np.zeros((b["size"], b["size"])) for b in layout]
+    for lo in range(0, n, CHUNK):
+        x = torch.from_numpy(np.asarray(mat[lo:lo + CHUNK], dtype=np.float64))
+        for j, b in enumerate(layout):
+            xb = x[:, b["offset"]:b["offset"] + b["size"]]
+            acc[j] += (xb.T @ xb).numpy()
+    return [a / n for a in acc]
+
+
+def build_influence_stage(ctx: Any) -> dict[str, Any]:
+    layout = _layout(ctx)
+    last = len(ctx.checkpoints) - 1
+    fishers = block_fisher(_features(ctx, RAW, last), layout)
+    (ctx.root / F.INFLUENCE_DIR).mkdir(exist_ok=True)
+    for j, fb in enumerate(fishers):
+        np.save(ctx.root / F.fisher_file(j), fb.astype(np.float32))
+    return {"checkpoint": last, "n_blocks": len(fishers), "kind": "empirical Fisher of projected gradients",
+            "blocks": "one per layout block"}
+
+
+def trak_sketch(dim: int, trak_dim: int, seed: int) -> np.ndarray:
+    """The seeded ``(dim, trak_dim)`` Gaussian JL sketch TRAK applies to the stored features."""
+    g = torch.Generator().manual_seed(10_007 + seed)
+    return (torch.randn(dim, trak_dim, generator=g) / trak_dim**0.5).numpy()
+
+
+def build_trak_stage(ctx: Any) -> dict[str, Any]:
+    (ctx.root / F.TRAK_DIR).mkdir(exist_ok=True)
+    n = len(ctx.docs)
+    for ci in range(len(ctx.checkpoints)):
+        mat = _features(ctx, RAW, ci)
+        k = min(ctx.cfg.trak_dim, mat.shape[1])
+        sketch = torch.from_numpy(trak_sketch(mat.shape[1], k, ctx.cfg.seed))
+        out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float32, shape=(n, k))
+        xtx = np.zeros((k, k))
+        for lo in range(0, n, CHUNK):
+            phi = torch.from_numpy(np.asarray(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
+            out[lo:lo + len(phi)] = phi.numpy()
+            xtx += (phi.double().T @ phi.double()).numpy()
+        out.flush()
+        del out
+        np.save(ctx.root / F.trak_xtx_file(ci), xtx)
+    return {"trak_dim": min(ctx.cfg.trak_dim, _layout_dim(ctx)), "seed": ctx.cfg.seed,
+            "checkpoints": len(ctx.checkpoints)}
+
+
+def build_embedding_stage(ctx: Any) -> dict[str, Any]:
+    from tracer.featurize.checkpoint import embed_texts
+    from tracer.model.loading import load_model
+
+    model = load_model(ctx.checkpoints[-1].path)
+    texts = [d.text for d in ctx.docs]
+    emb = np.concatenate([embed_texts(model, ctx.tokenizer, texts[lo:lo + 256],
+                                      max_length=ctx.cfg.featurize.max_length)
+                          for lo in range(0, len(texts), 256)])
+    np.save(ctx.root / F.EMBEDDINGS, emb.astype(np.float16))
+    index = build_faiss(emb.shape[1], len(emb), lambda: iter([emb]), "Flat")
+    write_faiss(index, ctx.root / F.EMBEDDING_FAISS)
+    return {"dim": int(emb.shape[1]), "pooling": "mean of final hidden states", "normalized": True}
+
+
+def _layout(ctx: Any) -> list[dict[str, Any]]:
+    import json
+
+    marker = ctx.root / F.BUILD_STATE / "stage-gradients.json"
+    return json.loads(marker.read_text())["info"]["layout"]
+
+
+def _layout_dim(ctx: Any) -> int:
+    return sum(b["size"] for b in _layout(ctx))

@@ -1,0 +1,143 @@
+"""``IndexStore``: a built index directory opened for reading (memory-mapped, lazy)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tracer.errors import IndexCorruptError, IndexNotReadyError, NotFoundError
+from tracer.index import files as F
+from tracer.index.manifest import read_manifest
+from tracer.types import Document
+
+
+class IndexStore:
+    """Read access to an index directory.
+
+    Use :meth:`open`; arrays are memory-mapped on first use, so opening is fast.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.doc_ids: list[str] = (root / F.DOC_IDS).read_text().splitlines()
+        self.row_of: dict[str, int] = {d: i for i, d in enumerate(self.doc_ids)}
+        n = manifest["corpus"]["n_documents"]
+        if len(self.doc_ids) != n:
+            raise IndexCorruptError(f"{root}: {F.DOC_IDS} lists {len(self.doc_ids)} ids, manifest says {n}")
+        self._offsets = np.load(root / F.DOC_OFFSETS)
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = False) -> IndexStore:
+        """Open and check an index.
+
+        Args:
+            path: Index directory.
+            verify: Check every file's sha256 (otherwise sizes only).
+
+        Raises:
+            NotFoundError, IndexCorruptError, IndexMismatchError: see ``read_manifest``.
+        """
+        root = Path(path)
+        return cls(root, read_manifest(root, verify=verify))
+
+    # --- identity ---
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def n_documents(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        return dict(self.manifest.get("stages", {}))
+
+    def has(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def require(self, stage: str, why: str) -> None:
+        if not self.has(stage):
+            raise IndexNotReadyError(f"index {self.name!r} was built without {stage!r}, which {why} needs "
+                                     f"(rebuild with it enabled)")
+
+    # --- documents ---
+    def rows(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``doc_ids``; raises ``NotFoundError`` naming the first unknown id."""
+        try:
+            return np.asarray([self.row_of[d] for d in doc_ids], dtype=np.int64)
+        except KeyError as exc:
+            raise NotFoundError(f"unknown doc_id {exc.args[0]!r} in index {self.name!r}") from None
+
+    def document(self, row: int) -> Document:
+        with open(self.root / F.DOCUMENTS, "rb") as fh:
+            fh.seek(int(self._offsets[row]))
+            d = json.loads(fh.readline())
+        return Document(doc_id=d["id"], text=d["text"], facts=tuple(d.get("facts", ())))
+
+    def documents(self, doc_ids: Sequence[str]) -> list[Document]:
+        return [self.document(int(r)) for r in self.rows(doc_ids)]
+
+    # --- arrays (memory-mapped on first use) ---
+    @functools.lru_cache(maxsize=64)
+    def features(self, view: str, ckpt: int) -> np.ndarray:
+        """``(n_docs, dim)`` float16 gradient features of one view and checkpoint (memmap)."""
+        self.require("gradients", "gradient features")
+        if view not in self.manifest.get("views", []):
+            raise IndexNotReadyError(f"index {self.name!r} has no {view!r} gradient view "
+                                     f"(built: {self.manifest.get('views')})")
+        return np.load(self.root / F.feature_file(view, ckpt), mmap_mode="r")
+
+    @functools.lru_cache(maxsize=16)
+    def losses(self, ckpt: int) -> np.ndarray:
+        return np.load(self.root / F.loss_file(ckpt), mmap_mode="r")
+
+    @functools.lru_cache(maxsize=1)
+    def fishers(self) -> list[np.ndarray]:
+        self.require("influence", "influence")
+        n = self.stages["influence"]["n_blocks"]
+        return [np.load(self.root / F.fisher_file(j)) for j in range(n)]
+
+    @functools.lru_cache(maxsize=16)
+    def trak_features(self, ckpt: int) -> tuple[np.ndarray, np.ndarray]:
+        self.require("trak", "trak")
+        return (np.load(self.root / F.trak_file(ckpt), mmap_mode="r"),
+                np.load(self.root / F.trak_xtx_file(ckpt)))
+
+    @functools.lru_cache(maxsize=1)
+    def embeddings(self) -> np.ndarray:
+        self.require("embeddings", "embedding")
+        return np.load(self.root / F.EMBEDDINGS, mmap_mode="r")
+
+    @functools.lru_cache(maxsize=2)
+    def faiss(self, which: str) -> Any:
+        from tracer.index.dense import read_faiss
+
+        stage, fname = {"gradient": ("gradient_faiss", F.GRADIENT_FAISS),
+                        "embedding": ("embeddings", F.EMBEDDING_FAISS)}[which]
+        self.require(stage, f"{which} search")
+        return read_faiss(self.root / fname)
+
+    @functools.lru_cache(maxsize=1)
+    def bm25(self) -> Any:
+        from tracer.index.lexical import BM25Index
+
+        self.require("bm25", "bm25")
+        return BM25Index(self.root / F.BM25_DIR)
+
+    @property
+    def layout(self) -> list[dict[str, Any]]:
+        return list(self.stages.get("gradients", {}).get("layout", []))
+
+    @property
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return list(self.manifest["checkpoints"])

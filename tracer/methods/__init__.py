@@ -1,0 +1,8 @@
+"""Attribution and retrieval methods; every score is higher = more supportive."""
+
+from __future__ import annotations
+
+from tracer.methods.base import Method, QueryFeatures
+from tracer.methods.registry import CANDIDATE_SOURCES, METHODS, REGISTRY, create_method, method_class
+
+__all__ = ["CANDIDATE_SOURCES", "METHODS", "REGISTRY", "Method", "QueryFeatures", "create_method", "method_class"]

@@ -1,0 +1,68 @@
+"""The ``Method`` interface: exact scores of a query against given corpus rows.
+
+Every method scores *higher = more supportive* (the training example pushed the model
+toward the query's target). Scores are computed for explicit rows, so the same code
+reranks a candidate set and scans the full corpus blockwise.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tracer.index.store import IndexStore
+
+
+@dataclass
+class QueryFeatures:
+    """Everything the methods need to know about one query.
+
+    Attributes:
+        text: ``prompt + target`` (for BM25).
+        grads: View -> list over checkpoints of ``(dim,)`` float32 projected gradients.
+        losses: Per checkpoint query loss (summed over target tokens).
+        embedding: ``(d_model,)`` float32 unit-norm embedding (or ``None``).
+        cache: Per-method transformed queries (filled lazily by methods).
+    """
+
+    text: str
+    grads: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    embedding: np.ndarray | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(abc.ABC):
+    """An attribution or retrieval score over corpus rows."""
+
+    name: ClassVar[str]
+    #: index stages the method needs
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: query feature kinds the method needs: "grads", "embedding"
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: one line for docs and ``tracer info``: what the score means
+    description: ClassVar[str] = ""
+
+    def __init__(self, store: IndexStore, **params: Any) -> None:
+        self.store = store
+        self.params = params
+
+    def check_ready(self) -> None:
+        """Raise ``IndexNotReadyError`` if the index lacks what this method needs."""
+        for stage in self.requires:
+            self.store.require(stage, f"method {self.name!r}")
+
+    @abc.abstractmethod
+    def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
+        """Scores of ``rows``.
+
+        Args:
+            q: Query features.
+            rows: ``(m,)`` int64 corpus rows.
+
+        Returns:
+            ``(m,)`` float64 scores, higher = more supportive.
+        """

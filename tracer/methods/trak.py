@@ -1,0 +1,60 @@
+"""TRAK (Park et al. 2023) on the stored projected gradients, ensembled over checkpoints.
+
+Per checkpoint ``c``: ``Phi_c = G_c S`` (a seeded JL sketch of the stored features),
+``tau_c(q, z) = phi_c(q)^T (Phi_c^T Phi_c + lambda I)^{-1} phi_c(z) * Q_c(z)`` with
+``Q_c(z) = 1 - p_c(z)``, ``p_c(z) = exp(-loss_c(z))`` the model's probability of the
+example (TRAK's one-minus-probability reweighting for a cross-entropy loss). The
+checkpoints act as TRAK's ensemble of models: ``tau = mean_c tau_c``. ``lambda`` is
+``damping`` times the mean eigenvalue of the Gram matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracer.featurize.views import RAW
+from tracer.index.stages import trak_sketch
+from tracer.methods.base import Method, QueryFeatures
+from tracer.methods.tracin import _gather
+
+
+def trak_query_transform(xtx: np.ndarray, phi_q: np.ndarray, damping: float) -> np.ndarray:
+    """``(X^T X + lambda I)^{-1} phi_q`` with ``lambda = damping * trace(X^T X) / k``."""
+    k = len(xtx)
+    lam = damping * max(np.trace(xtx) / k, 1e-30)
+    return np.linalg.solve(xtx + lam * np.eye(k), phi_q)
+
+
+class Trak(Method):
+    name = "trak"
+    requires = ("gradients", "trak")
+    needs = ("grads",)
+    description = "TRAK: phi(q)^T (Phi^T Phi + lambda I)^-1 phi(z) * (1 - p(z)), mean over checkpoints"
+
+    def __init__(self, store, damping: float = 0.01, **params):  # type: ignore[no-untyped-def]
+        super().__init__(store, **params)
+        if not damping > 0:
+            raise ValueError(f"trak damping must be > 0, got {damping}")
+        self.damping = damping
+        self._sketch: np.ndarray | None = None
+
+    def _query(self, q: QueryFeatures, ci: int) -> np.ndarray:
+        key = f"trak:{self.damping}:{ci}"
+        if key not in q.cache:
+            feats, xtx = self.store.trak_features(ci)
+            if self._sketch is None:
+                seed = self.store.manifest["config"]["seed"]
+                self._sketch = trak_sketch(len(q.grads[RAW][ci]), feats.shape[1], seed)
+            phi_q = q.grads[RAW][ci].astype(np.float32) @ self._sketch
+            q.cache[key] = trak_query_transform(xtx, phi_q.astype(np.float64), self.damping)
+        return q.cache[key]
+
+    def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
+        n_ckpt = len(self.store.checkpoints)
+        total = np.zeros(len(rows))
+        for ci in range(n_ckpt):
+            feats, _ = self.store.trak_features(ci)
+            qt = self._query(q, ci)
+            one_minus_p = 1.0 - np.exp(-np.asarray(self.store.losses(ci))[rows].astype(np.float64))
+            total += (_gather(feats, rows).astype(np.float64) @ qt) * one_minus_p
+        return total / n_ckpt
