@@ -48,7 +48,7 @@ def _require_local_dir(path: str | Path, what: str) -> Path:
     return p
 
 
-def load_model(path: str | Path, dtype: Any = None) -> Any:
+def load_model(path: str | Path, dtype: Any = None, attn_implementation: str | None = None) -> Any:
     """Load a transformers causal LM from a local directory, in eval mode.
 
     Raises:
@@ -59,8 +59,8 @@ def load_model(path: str | Path, dtype: Any = None) -> Any:
 
     p = _require_local_dir(path, "model")
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True,
-                                                     dtype=dtype or torch.float32)
+        kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype or torch.float32, **kw)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot load a causal LM from {p}: {exc}") from exc
     model.eval()

@@ -1,0 +1,178 @@
+"""The fact-tracing benchmark: rank proponents for every query, score the rankings, tail-patch.
+
+Candidate policies (always labelled in the report):
+* ``candidates`` — the configured source (``bm25``, ``union``...) with ``num_candidates``;
+* ``ftrace`` — FTRACE's (Akyürek et al. 2022): the query's proponents + BM25 top-100 +
+  up to 100 examples containing the target string + 100 random; since the proponents are
+  always candidates, MRR here is an upper bound of what full retrieval would give;
+* ``full`` — the whole corpus (blockwise scan, running top-k).
+Metrics per method: MRR, recall@k, success@k, precision@k, nDCG@10, per relation, with
+95% bootstrap intervals; optionally the tail-patch log-probability increase.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from tracer.errors import DeadlineExceededError, InvalidRequestError
+from tracer.metrics import aggregate, evaluate_run
+from tracer.methods.base import QueryFeatures
+from tracer.retrieval import candidate_rows, top_k
+from tracer.types import Query
+
+if TYPE_CHECKING:
+    from tracer.tracer import Tracer
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("candidates", "ftrace", "full")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the benchmark run computes."""
+
+    methods: tuple[str, ...] = field(default=("bm25", "embedding", "tracin", "tracin_cos", "influence", "trak",
+                                              "random"), metadata={"help": "methods to compare"})
+    candidates: str = field(default="bm25", metadata={"help": "candidate source under policy=candidates"})
+    num_candidates: int = field(default=100, metadata={"help": "candidates per source"})
+    policy: str = field(default="candidates", metadata={"help": "candidates | ftrace | full"})
+    ks: tuple[int, ...] = field(default=(1, 3, 10, 25, 100), metadata={"help": "cutoffs"})
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples"})
+    seed: int = field(default=0, metadata={"help": "seed of random candidates and bootstrap"})
+    batch_size: int = field(default=32, metadata={"help": "queries featurized together"})
+    tail_patch: bool = field(default=False, metadata={"help": "run the tail-patch causal check"})
+    tail_patch_k: int = field(default=3, metadata={"help": "top examples stepped on per query and method"})
+    tail_patch_lr: float = field(default=1e-3, metadata={"help": "SGD step size of the tail-patch"})
+    tail_patch_max_queries: int = field(default=200, metadata={"help": "queries used for the tail-patch"})
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise InvalidRequestError(f"unknown policy {self.policy!r}; expected one of {', '.join(POLICIES)}")
+        if not self.methods:
+            raise InvalidRequestError("methods must name at least one method")
+        if self.num_candidates < 1 or not self.ks or min(self.ks) < 1:
+            raise InvalidRequestError("num_candidates and every k must be >= 1")
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    runs: dict[str, dict[str, list[tuple[str, float]]]]  # method -> qid -> ranked (doc_id, score)
+    qrels: dict[str, set[str]]
+
+
+def _ftrace_rows(tracer: Tracer, q: Query, qf: QueryFeatures, texts: list[str], rng: np.random.Generator) -> np.ndarray:
+    store = tracer.store
+    parts = [store.rows([p for p in q.proponents if p in store.row_of])]
+    if store.has("bm25"):
+        parts.append(candidate_rows(store, qf, "bm25", 100))
+    needle = q.target.strip()
+    sharing = [i for i, t in enumerate(texts) if needle and needle in t][:100]
+    parts.append(np.asarray(sharing, dtype=np.int64))
+    parts.append(rng.choice(store.n_documents, size=min(100, store.n_documents), replace=False))
+    return np.unique(np.concatenate(parts))
+
+
+def _rank_all(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
+              on_progress: Callable[[int, int, str], None] | None,
+              deadline: float | None) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    store = tracer.store
+    k = max(cfg.ks)
+    texts = [store.document(i).text for i in range(store.n_documents)] if cfg.policy == "ftrace" else []
+    runs: dict[str, dict[str, list[tuple[str, float]]]] = {m: {} for m in cfg.methods}
+    source = cfg.candidates if cfg.policy == "candidates" else ("bm25" if cfg.policy == "ftrace" else "full")
+    done = 0
+    for s in range(0, len(queries), cfg.batch_size):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceededError(f"deadline exceeded after {done} of {len(queries)} queries")
+        batch = queries[s:s + cfg.batch_size]
+        feats = tracer.features([(q.prompt, q.target) for q in batch], cfg.methods, source)
+        for q, qf in zip(batch, feats):
+            rng = np.random.default_rng([cfg.seed, abs(hash(q.query_id)) % (1 << 31)])
+            rows = None
+            if cfg.policy == "ftrace":
+                rows = _ftrace_rows(tracer, q, qf, texts, rng)
+            elif cfg.policy == "candidates":
+                rows = candidate_rows(store, qf, cfg.candidates, cfg.num_candidates)
+            for m in cfg.methods:
+                scores, top = tracer.rank(qf, m, source, k, cfg.num_candidates, rows)
+                runs[m][q.query_id] = [(store.doc_ids[int(r)], float(sc)) for sc, r in zip(scores, top)]
+        done += len(batch)
+        if on_progress:
+            on_progress(done, len(queries), "rank")
+    return runs
+
+
+def evaluate(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
+             on_progress: Callable[[int, int, str], None] | None = None,
+             deadline: float | None = None) -> dict[str, Any]:
+    """Run the benchmark and return the report dict (see ``tracer.metrics.report``)."""
+    return run_evaluation(tracer, queries, cfg, on_progress, deadline).report
+
+
+def run_evaluation(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
+                   on_progress: Callable[[int, int, str], None] | None = None,
+                   deadline: float | None = None) -> EvalResult:
+    """Like :func:`evaluate`, also returning the ranked runs and qrels (for TREC files)."""
+    queries = [q for q in queries if q.proponents]
+    if not queries:
+        raise InvalidRequestError("no query has ground-truth proponents; nothing to evaluate")
+    for m in cfg.methods:
+        tracer.method(m)  # fail fast on unknown / unavailable methods
+    t0 = time.perf_counter()
+    runs = _rank_all(tracer, queries, cfg, on_progress, deadline)
+    qrels = {q.query_id: set(q.proponents) for q in queries}
+    groups = {q.query_id: q.relation or "?" for q in queries}
+    methods: dict[str, Any] = {}
+    for m in cfg.methods:
+        per_query = evaluate_run({qid: [d for d, _ in r] for qid, r in runs[m].items()}, qrels, cfg.ks)
+        methods[m] = {"candidates": _label(cfg), **aggregate(per_query, groups, n_boot=cfg.n_boot, seed=cfg.seed)}
+    if cfg.tail_patch:
+        _add_tail_patch(tracer, queries, runs, cfg, methods, on_progress)
+    settings = {**asdict(cfg), "index": tracer.name, "index_fingerprint": tracer.fingerprint,
+                "n_queries": len(queries), "n_documents": tracer.n_documents,
+                "seconds": round(time.perf_counter() - t0, 1)}
+    report = {"title": f"tracer benchmark on {tracer.name}", "settings": settings, "methods": methods}
+    return EvalResult(report, runs, qrels)
+
+
+def _label(cfg: EvalConfig) -> str:
+    if cfg.policy == "ftrace":
+        return "ftrace*"  # proponents + bm25@100 + target@100 + random@100: MRR is an upper bound
+    if cfg.policy == "full":
+        return "full corpus"
+    return f"{cfg.candidates}@{cfg.num_candidates}"
+
+
+def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, dict[str, list[tuple[str, float]]]],
+                    cfg: EvalConfig, methods: dict[str, Any],
+                    on_progress: Callable[[int, int, str], None] | None) -> None:
+    from tracer.causal import tail_patch_deltas
+    from tracer.featurize.checkpoint import encode_documents
+    from tracer.metrics.bootstrap import aggregate as agg
+    from tracer.model.loading import load_model
+    from tracer.model.tokenization import encode_example
+
+    store, tok = tracer.store, tracer.encoder.tokenizer
+    model = load_model(store.checkpoints[-1]["path"], attn_implementation="eager")
+    max_len = tracer.encoder.cfg.max_length if tracer.encoder.cfg else 128
+    subset = list(queries)[: cfg.tail_patch_max_queries]
+    per_method: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.methods}
+    for i, q in enumerate(subset):
+        tops = {m: [d for d, _ in runs[m][q.query_id][: cfg.tail_patch_k]] for m in cfg.methods}
+        uniq = sorted({d for ds in tops.values() for d in ds})
+        docs = store.documents(uniq)
+        deltas = dict(zip(uniq, tail_patch_deltas(model, tok, encode_example(tok, q.prompt, q.target, max_len),
+                                                  encode_documents(tok, docs, max_len), cfg.tail_patch_lr)))
+        for m, ds in tops.items():
+            per_method[m][q.query_id] = {"tail_patch": float(np.mean([deltas[d] for d in ds]))}
+        if on_progress:
+            on_progress(i + 1, len(subset), "tail_patch")
+    for m in cfg.methods:
+        methods[m]["tail_patch"] = agg(per_method[m], n_boot=cfg.n_boot, seed=cfg.seed)["all"]["tail_patch"]
