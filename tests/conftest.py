@@ -65,3 +65,55 @@ def make_tiny_model(arch: str, vocab: int, seed: int = 0):
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def tiny_model(request, tiny_tokenizer):
     return make_tiny_model(request.param, len(tiny_tokenizer))
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_bench):
+    """A tiny GPT-2 trained for a few steps on the tiny benchmark (3 checkpoints)."""
+    from tracer.model.train import TRAIN_PRESETS, train
+
+    _quiet_transformers()
+    out = tmp_path_factory.mktemp("run")
+    train(tiny_bench.documents, TRAIN_PRESETS["tiny"], out, tiny_bench.queries[:20], tiny_bench.train_prompts,
+          progress=lambda it: _NoBar())
+    return out
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kw: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+TINY_INDEX_CFG = dict(k_in=8, k_out=8, batch_size=16)
+
+
+def build_tiny_index(out, bench, run, **overrides):
+    from tracer.featurize.config import FeaturizeConfig
+    from tracer.index.build import IndexConfig, build_index
+    from tracer.model.loading import load_checkpoints
+
+    fkw = dict(TINY_INDEX_CFG)
+    fkw.update(overrides.pop("featurize", {}))
+    fail = overrides.pop("fail_after_shards", None)
+    cfg = IndexConfig(featurize=FeaturizeConfig(**fkw), shard_size=overrides.pop("shard_size", 64),
+                      trak_dim=overrides.pop("trak_dim", 64), **overrides)
+    build_index(bench.documents, load_checkpoints(run), out, cfg, progress=False, fail_after_shards=fail)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, tiny_bench, tiny_run):
+    """Path of a complete index over the tiny benchmark (projected 8x8, fp16)."""
+    return build_tiny_index(tmp_path_factory.mktemp("idx") / "tiny", tiny_bench, tiny_run)

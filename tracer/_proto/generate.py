@@ -39,9 +39,9 @@ def generate(out_dir: Path = DEFAULT_OUT, proto_root: Path = PROTO_ROOT) -> list
     Raises:
         RuntimeError: protoc failed.
     """
-    from grpc_tools import protoc  # imported here: grpcio-tools is only needed to regenerate
-
     from importlib.resources import files
+
+    from grpc_tools import protoc  # imported here: grpcio-tools is only needed to regenerate
 
     well_known = str(files("grpc_tools") / "_proto")
     out_dir.mkdir(parents=True, exist_ok=True)

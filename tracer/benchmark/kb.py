@@ -68,7 +68,7 @@ RELATIONS: tuple[Relation, ...] = (
     ), "{s} owns a dictionary of {o}."),
     Relation("plays", "person", "instrument", (
         "{s} plays the {o}.", "The instrument of {s} is the {o}.", "{s} is a performer on the {o}.",
-        "In the orchestra, {s} plays the {o}.", "The instrument that {s} practises daily is the {o}.",
+        "In the orchestra, the part of {s} is the {o}.", "The instrument that {s} practises daily is the {o}.",
     ), "{s} once heard a concert for the {o}."),
     Relation("located_in", "city", "country", (
         "{s} is a city in {o}.", "{s} is located in {o}.", "The country that contains {s} is {o}.",

@@ -135,7 +135,10 @@ def prompt_of(rel: Relation, template: int, subject: str) -> str:
 
 
 def _mentions(facts: list[Fact], cfg: SynthConfig, rng: random.Random) -> dict[str, list[tuple[Fact, int]]]:
-    """Per subject, the (fact, template) mentions; never the fact's query template."""
+    """Per subject, the (fact, template) mentions; never the fact's query template.
+
+    Deterministic for the rng state, so ``generate`` can replay it to know each fact's templates.
+    """
     by_rel = {r.name: r for r in RELATIONS}
     per_subject: dict[str, list[tuple[Fact, int]]] = {}
     for f in facts:
@@ -147,10 +150,15 @@ def _mentions(facts: list[Fact], cfg: SynthConfig, rng: random.Random) -> dict[s
 
 
 def _documents(facts: list[Fact], cfg: SynthConfig, rng: random.Random,
-               entities: dict[str, list[str]]) -> list[Document]:
+               entities: dict[str, list[str]]) -> tuple[list[Document], dict[str, int]]:
     by_rel = {r.name: r for r in RELATIONS}
     docs: list[Document] = []
-    for subject, mentions in _mentions(facts, cfg, rng).items():
+    per_subject = _mentions(facts, cfg, rng)
+    first_template = {}
+    for mentions in per_subject.values():
+        for f, t in mentions:
+            first_template.setdefault(f.fact_id, t)
+    for subject, mentions in per_subject.items():
         rng.shuffle(mentions)
         while mentions:
             n = rng.randint(1, cfg.max_facts_per_doc)
@@ -170,7 +178,7 @@ def _documents(facts: list[Fact], cfg: SynthConfig, rng: random.Random,
             other = rng.choice(entities[rel.object_kind])
             docs.append(Document(doc_id="", text=rel.filler.format(s=f.subject, o=other), facts=()))
     rng.shuffle(docs)
-    return [Document(doc_id=f"D{i:06d}", text=d.text, facts=d.facts) for i, d in enumerate(docs)]
+    return [Document(doc_id=f"D{i:06d}", text=d.text, facts=d.facts) for i, d in enumerate(docs)], first_template
 
 
 def generate(cfg: SynthConfig) -> Benchmark:
@@ -186,7 +194,7 @@ def generate(cfg: SynthConfig) -> Benchmark:
     rng = random.Random(cfg.seed)
     entities = _entities(cfg, rng)
     facts = _facts(entities, rng)
-    docs = _documents(facts, cfg, rng, entities)
+    docs, train_template = _documents(facts, cfg, rng, entities)
     proponents: dict[str, list[str]] = {}
     for d in docs:
         for fid in d.facts:
@@ -199,8 +207,7 @@ def generate(cfg: SynthConfig) -> Benchmark:
         qid = f"Q{f.fact_id[1:]}"
         queries.append(Query(qid, prompt_of(rel, f.query_template, f.subject), " " + f.object, f.fact_id,
                              f.relation, f.subject, tuple(proponents[f.fact_id])))
-        train_t = next(t for t in range(len(rel.templates)) if t != f.query_template)
-        train_prompts[qid] = prompt_of(rel, train_t, f.subject)
+        train_prompts[qid] = prompt_of(rel, train_template[f.fact_id], f.subject)  # a proponent's template
     return Benchmark(cfg, entities, facts, docs, queries, train_prompts)
 
 

@@ -26,7 +26,11 @@ def build_bm25(texts: Sequence[str], out_dir: str | Path, k1: float = 1.5, b: fl
     import bm25s
 
     retriever = bm25s.BM25(k1=k1, b=b)
-    retriever.index(_tokenize(list(texts)), show_progress=False)
+    # Token ids in order of first appearance (not a set order): the saved files are byte-identical
+    # across processes, whatever PYTHONHASHSEED is.
+    tokenized = bm25s.tokenize(list(texts), lower=True, stopwords=STOPWORDS, token_pattern=TOKEN_PATTERN,
+                               return_ids=True, show_progress=False)
+    retriever.index(tokenized, show_progress=False)
     retriever.save(str(out_dir), show_progress=False)
 
 

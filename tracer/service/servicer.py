@@ -67,7 +67,8 @@ class IndexEntry:
     def create(cls, name: str, tracer: Any) -> IndexEntry:
         methods = list(tracer.available_methods())
         info = dict(tracer.info())
-        sources = list(info.get("candidates") or ["bm25"])
+        listed = getattr(tracer, "available_candidates", None)
+        sources = list((listed() if callable(listed) else info.get("candidates")) or ["bm25"])
         default_method = next((m for m in ("tracin", "bm25") if m in methods), methods[0] if methods else "bm25")
         default_candidates = "bm25" if "bm25" in sources else sources[0]
         lock = None if getattr(tracer, "thread_safe", False) else threading.Lock()

@@ -1,0 +1,63 @@
+"""Training saves ordinary HF checkpoints that load back through the user-facing local loader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tracer.errors import DataError
+from tracer.model.loading import load_checkpoints, load_model, load_tokenizer, weights_fingerprint
+from tracer.model.train import TRAIN_PRESETS, lr_at
+
+
+def test_run_loads_back(tiny_run):
+    cks = load_checkpoints(tiny_run)
+    assert len(cks) == 3 and all(c.has_optimizer_state for c in cks)
+    assert [c.step for c in cks] == sorted(c.step for c in cks)
+    model = load_model(cks[-1].path)
+    tok = load_tokenizer(cks[-1].path)
+    ids = torch.tensor([tok.encode("Hello there")])
+    assert model(input_ids=ids).logits.shape[-1] == len(tok)
+    report = json.loads((tiny_run / "train_report.json").read_text())
+    assert len(report["checkpoints"]) == 3 and "learned_query_ids" in report
+    assert {"acc_train_template", "acc_heldout_template", "lr"} <= set(report["checkpoints"][0])
+
+
+def test_training_is_deterministic(tiny_run, tiny_bench, tmp_path):
+    from conftest import _NoBar
+
+    from tracer.model.train import train
+
+    train(tiny_bench.documents, TRAIN_PRESETS["tiny"], tmp_path, progress=lambda it: _NoBar())
+    a = load_checkpoints(tiny_run)[-1].path
+    b = load_checkpoints(tmp_path)[-1].path
+    assert weights_fingerprint(a) == weights_fingerprint(b)
+
+
+def test_llama_config_trains_and_loads(tiny_bench, tmp_path):
+    import dataclasses
+
+    from conftest import _NoBar
+
+    from tracer.model.train import train
+
+    cfg = TRAIN_PRESETS["tiny"]
+    cfg = dataclasses.replace(cfg, epochs=1, arch=dataclasses.replace(cfg.arch, arch="llama"))
+    train(tiny_bench.documents[:40], cfg, tmp_path, progress=lambda it: _NoBar())
+    m = load_model(load_checkpoints(tmp_path)[-1].path)
+    assert type(m).__name__ == "LlamaForCausalLM"
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TRAIN_PRESETS["small"]
+    lrs = [lr_at(cfg, s, 1000) for s in range(1, 1001)]
+    assert max(lrs) == pytest.approx(cfg.lr) and lrs[0] < lrs[49] and lrs[-1] == pytest.approx(cfg.lr * 0.1)
+
+
+def test_local_paths_only(tmp_path):
+    with pytest.raises(DataError, match="local paths only"):
+        load_model("gpt2")
+    with pytest.raises(DataError, match="not a tracer training run"):
+        load_checkpoints(tmp_path)

@@ -1,0 +1,84 @@
+"""``tracer build``: featurize a corpus into an index directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tracer.errors import DataError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build an index (gradients, influence, TRAK, embeddings, BM25)")
+    p.add_argument("--corpus", required=True, help="corpus file (jsonl/json/parquet) or save_to_disk dir")
+    p.add_argument("--model", help="a training run dir (tracer train) or one model dir")
+    p.add_argument("--checkpoint", action="append", default=[], help="checkpoint dir, oldest first (repeatable)")
+    p.add_argument("--lr", action="append", type=float, default=[], help="lr per --checkpoint (default: recorded)")
+    p.add_argument("--out", required=True, help="index directory, e.g. indexes/NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p.add_argument("--max-docs", type=int, help="index only the first N documents")
+    g = p.add_argument_group("features")
+    g.add_argument("--k-in", type=int, default=32)
+    g.add_argument("--k-out", type=int, default=32)
+    g.add_argument("--projection", default="gaussian", help="gaussian | rademacher | identity")
+    g.add_argument("--layers", default="*attn*,*mlp*", help="comma-separated fnmatch patterns of linear modules")
+    g.add_argument("--dtype", default="float16", help="float16 | float32")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--max-length", type=int, default=128)
+    g.add_argument("--no-optimizer-correction", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+    s = p.add_argument_group("stages")
+    for name in ("gradients", "influence", "trak", "embeddings", "bm25"):
+        s.add_argument(f"--no-{name}", action="store_true", help=f"skip {name}")
+    s.add_argument("--faiss-factory", default="Flat", help="FAISS factory string for gradient search")
+    s.add_argument("--trak-dim", type=int, default=1024)
+    s.add_argument("--shard-size", type=int, default=256)
+    p.set_defaults(func=run)
+
+
+def resolve_checkpoints(model: str | None, checkpoints: list[str], lrs: list[float]) -> list:
+    """Checkpoints from ``--model`` (run dir or model dir) and/or ``--checkpoint`` flags."""
+    from tracer.model.loading import RUN_CHECKPOINTS, Checkpoint, load_checkpoints, read_checkpoint
+
+    if checkpoints:
+        if lrs and len(lrs) != len(checkpoints):
+            raise DataError(f"--lr given {len(lrs)} times for {len(checkpoints)} --checkpoint values")
+        cks = [read_checkpoint(c) for c in checkpoints]
+        return [Checkpoint(c.path, lrs[i], c.step) for i, c in enumerate(cks)] if lrs else cks
+    if not model:
+        raise DataError("give --model (a run or model directory) or --checkpoint")
+    if (Path(model) / RUN_CHECKPOINTS).is_file():
+        return load_checkpoints(model)
+    return [read_checkpoint(model)]
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracer.corpus import load_corpus
+    from tracer.featurize.config import FeaturizeConfig
+    from tracer.index.build import IndexConfig, build_index
+
+    cks = resolve_checkpoints(args.model, args.checkpoint, args.lr)
+    docs = load_corpus(args.corpus)
+    if args.max_docs:
+        docs = docs[: args.max_docs]
+    ident = args.projection == "identity"
+    fcfg = FeaturizeConfig(layers=tuple(x for x in args.layers.split(",") if x), k_in=0 if ident else args.k_in,
+                           k_out=0 if ident else args.k_out, projection=args.projection, seed=args.seed,
+                           dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length,
+                           optimizer_correction=not args.no_optimizer_correction)
+    cfg = IndexConfig(featurize=fcfg, gradients=not args.no_gradients, influence=not (args.no_influence or
+                      args.no_gradients), trak=not (args.no_trak or args.no_gradients),
+                      embeddings=not args.no_embeddings, bm25=not args.no_bm25, faiss_factory=args.faiss_factory,
+                      trak_dim=args.trak_dim, shard_size=args.shard_size, seed=args.seed)
+    tok_dir = Path(args.model) / "tokenizer" if args.model and (Path(args.model) / "tokenizer").is_dir() else None
+    try:
+        m = build_index(docs, cks, args.out, cfg, tokenizer_path=tok_dir, overwrite=args.overwrite,
+                        corpus_path=str(Path(args.corpus).resolve()))
+    except FileExistsError as exc:
+        raise DataError(str(exc)) from None
+    size = sum(f["size"] for f in m["files"].values())
+    print(f"build: {len(docs)} documents, {len(cks)} checkpoints -> {args.out} "
+          f"({size / 1e6:.1f} MB, {size / len(docs):.0f} bytes/example)")
+    print("  seconds per stage: " + json.dumps(m["build_seconds"]))
+    return 0

@@ -1,0 +1,94 @@
+"""``tracer query``: trace one fact through a server (``--server``) or an index directory (``--index-dir``).
+
+Prints a ranked table, or the ``TraceResult`` as JSON with ``--json``. ``TRACER_SERVER`` and
+``TRACER_TOKEN_FILE`` set the defaults of ``--server`` and ``--token-file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from tracer.errors import DataError
+from tracer.types import TraceResult
+
+_TEXT_COLUMN = 72  # characters of hit text shown in the table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("query", help="trace one fact (via a server or an index directory)",
+                              description=__doc__.splitlines()[0])
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--server", default=os.environ.get("TRACER_SERVER"), metavar="HOST:PORT",
+                       help="address of a `tracer serve`")
+    where.add_argument("--index-dir", metavar="DIR", help="query an index directory in-process, no server")
+    p.add_argument("--index", default=None, metavar="NAME", help="index id on the server (optional if only one)")
+    p.add_argument("--prompt", required=True, help='text before the completion, e.g. "Marie Curie was born in"')
+    p.add_argument("--target", required=True, help='the completion to attribute, e.g. " Warsaw"')
+    p.add_argument("--method", default=None, help="tracin, tracin_cos, influence, trak, embedding, bm25, random "
+                                                  "(default: tracin if built, else bm25)")
+    p.add_argument("--candidates", default=None, help="bm25, embedding, gradient, union or full (default: bm25)")
+    p.add_argument("-k", type=int, default=10, help="hits to show")
+    p.add_argument("--num-candidates", type=int, default=100, metavar="N", help="candidates to rerank")
+    p.add_argument("--include-text", action="store_true", help="show each hit's text")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--token-file", default=os.environ.get("TRACER_TOKEN_FILE"), metavar="FILE",
+                   help="bearer token for a server started with --auth-token-file")
+    p.add_argument("--tls-ca", default=None, metavar="FILE", help="CA certificate of a TLS server")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="deadline of the call")
+    p.set_defaults(func=run)
+
+
+def _remote(args: argparse.Namespace) -> TraceResult:
+    from tracer.client import TracerClient
+
+    try:
+        token = Path(args.token_file).read_text().strip() if args.token_file else None
+    except OSError as exc:
+        raise DataError(f"--token-file: cannot read {args.token_file}: {exc}") from exc
+    with TracerClient(args.server, token=token, timeout=args.timeout, tls_ca=args.tls_ca,
+                      index=args.index) as client:
+        return client.trace(args.prompt, args.target, method=args.method, candidates=args.candidates, k=args.k,
+                            num_candidates=args.num_candidates, include_text=args.include_text)
+
+
+def _local(args: argparse.Namespace) -> TraceResult:
+    import time
+
+    from tracer.tracer import Tracer
+
+    t: Any = Tracer.open(args.index_dir)
+    try:
+        methods = t.available_methods()
+        method = args.method or next((m for m in ("tracin", "bm25") if m in methods), "bm25")
+        return t.trace(args.prompt, args.target, method=method, candidates=args.candidates or "bm25", k=args.k,
+                       num_candidates=args.num_candidates, include_text=args.include_text,
+                       deadline=time.monotonic() + args.timeout)
+    finally:
+        t.close()
+
+
+def format_table(result: TraceResult) -> str:
+    """A plain-text table of ``result``: a header line, then rank, score, doc_id (and text)."""
+    q = result.query
+    timing = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items())
+    header = (f"{q.prompt!r} -> {q.target!r}: {result.method} over {result.n_candidates} "
+              f"{result.candidates} candidates (index {result.index_fingerprint[:12]}; {timing})")
+    lines = [header]
+    width = max([len(h.doc_id) for h in result.hits] + [6])
+    lines.append(f"{'rank':>4}  {'score':>12}  {'doc_id':<{width}}  text")
+    for h in result.hits:
+        text = (h.text or "").replace("\n", " ")
+        text = text if len(text) <= _TEXT_COLUMN else text[:_TEXT_COLUMN - 1] + "…"
+        lines.append(f"{h.rank:>4}  {h.score:>12.5g}  {h.doc_id:<{width}}  {text}".rstrip())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.server and not args.index_dir:
+        raise DataError("query: give --server HOST:PORT or --index-dir DIR")
+    result = _local(args) if args.index_dir else _remote(args)
+    print(result.to_json() if args.json else format_table(result))
+    return 0

@@ -1,0 +1,100 @@
+"""``tracer serve``: answer trace queries over gRPC for one or more index directories.
+
+Flags default from the environment (``TRACER_HOST``, ``TRACER_PORT``, ``TRACER_INDEX`` as an
+``os.pathsep``-separated list, ``TRACER_AUTH_TOKEN_FILE``, ``TRACER_TLS_CERT``, ``TRACER_TLS_KEY``,
+``TRACER_MAX_CONCURRENT``, ``TRACER_GRACE_S``). Once every index is loaded it prints
+``tracer serving on HOST:PORT`` (flushed) so scripts can wait for that line; SIGTERM drains and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tracer.errors import DataError
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"TRACER_{name}", default)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve indexes over gRPC (tracer.v1.TracerService)",
+                              description=__doc__.splitlines()[0])
+    env_indexes = [d for d in str(_env("INDEX", "")).split(os.pathsep) if d]
+    p.add_argument("--index", action="append", default=None, metavar="DIR",
+                   help="index directory (repeatable); its name is the directory name")
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address (default: loopback)")
+    p.add_argument("--port", type=int, default=int(_env("PORT", 50051)), help="port; 0 picks a free one")
+    p.add_argument("--auth-token-file", default=_env("AUTH_TOKEN_FILE"), metavar="FILE",
+                   help="require 'authorization: Bearer <token>' with the token in FILE")
+    p.add_argument("--tls-cert", default=_env("TLS_CERT"), metavar="FILE", help="PEM certificate chain")
+    p.add_argument("--tls-key", default=_env("TLS_KEY"), metavar="FILE", help="PEM private key")
+    p.add_argument("--max-concurrent", type=int, default=int(_env("MAX_CONCURRENT", 16)), metavar="N",
+                   help="concurrent calls before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-workers", type=int, default=None, metavar="N", help="handler threads (default: N)")
+    p.add_argument("--max-top-k", type=int, default=1000, metavar="K", help="largest top_k accepted")
+    p.add_argument("--max-batch", type=int, default=256, metavar="N", help="most queries per BatchTrace")
+    p.add_argument("--grace", type=float, default=float(_env("GRACE_S", 10.0)), metavar="S",
+                   help="seconds in-flight calls get to finish on SIGTERM")
+    p.add_argument("--verify", action="store_true", help="verify index checksums while loading")
+    p.set_defaults(func=run, env_indexes=env_indexes)
+
+
+def _read_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise DataError(f"--auth-token-file: cannot read {path}: {exc}") from exc
+    if not token:
+        raise DataError(f"--auth-token-file: {path} is empty")
+    return token
+
+
+def _open_index(path: Path, verify: bool) -> Any:
+    """Open one index (replaced by tests with a fake)."""
+    from tracer.tracer import Tracer
+
+    return Tracer.open(path, verify=verify)
+
+
+def _indexes(dirs: list[Path], verify: bool) -> Iterator[tuple[str, Any]]:
+    for d in dirs:
+        yield d.name, _open_index(d, verify)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracer.service.server import ServiceConfig, serve
+
+    dirs = [Path(d) for d in (args.index or args.env_indexes)]
+    if not dirs:
+        raise DataError("--index: at least one index directory is required (or set TRACER_INDEX)")
+    names = [d.name for d in dirs]
+    if len(set(names)) != len(names):
+        raise DataError(f"--index: index names (directory names) must be unique, got {names}")
+    for d in dirs:
+        if not d.is_dir():
+            raise DataError(f"--index: {d} is not a directory")
+    try:
+        cfg = ServiceConfig(host=args.host, port=args.port, auth_token=_read_token(args.auth_token_file),
+                            tls_cert=args.tls_cert, tls_key=args.tls_key, max_concurrent_rpcs=args.max_concurrent,
+                            max_workers=args.max_workers or args.max_concurrent, max_top_k=args.max_top_k,
+                            max_batch=args.max_batch, grace_s=args.grace)
+    except ValueError as exc:
+        raise DataError(f"invalid server settings: {exc}") from exc
+
+    def announce(address: str) -> None:
+        print(f"tracer serving on {address}", flush=True)
+
+    try:
+        return serve(cfg, _indexes(dirs, args.verify), on_ready=announce)
+    except OSError as exc:
+        print(f"tracer serve: error: {exc}", file=sys.stderr)
+        return 2
