@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 def _percentiles(lat_ms: list[float]) -> dict[str, float]:
     if not lat_ms:
-        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
+        return dict.fromkeys(("p50_ms", "p95_ms", "p99_ms", "mean_ms"), float("nan"))
     s = sorted(lat_ms)
 
     def pct(p: float) -> float:
@@ -61,7 +61,8 @@ def load_queries(path: str | None, tracer: Any, n: int) -> list[Query]:
     return out
 
 
-def bench_in_process(tracer: Any, queries: list[Query], n_requests: int, opts: dict[str, Any]) -> dict[str, Any]:
+def bench_in_process(tracer: Any, queries: list[Query], n_requests: int,
+                     opts: dict[str, Any]) -> dict[str, Any]:
     """Sequential ``Tracer.trace`` calls (concurrency 1)."""
     lat = []
     t0 = time.perf_counter()
@@ -144,7 +145,8 @@ def main() -> None:
 
     local = Tracer.open(args.index)
     method = args.method or ("tracin" if "tracin" in local.available_methods() else "bm25")
-    opts = {"method": method, "candidates": args.candidates, "k": args.k, "num_candidates": args.num_candidates}
+    opts = {"method": method, "candidates": args.candidates, "k": args.k,
+            "num_candidates": args.num_candidates}
     queries = load_queries(args.queries, local, 32)
     for q in queries[:3]:  # warm caches (model load, FAISS pages) before timing
         local.trace(q.prompt, q.target, **opts)
@@ -177,7 +179,8 @@ def _report(args: argparse.Namespace, opts: dict[str, Any], in_proc: dict[str, A
 
 
 def _table(report: dict[str, Any]) -> str:
-    rows = [("in-process c=1", report["in_process"])] + [(f"gRPC c={c}", r) for c, r in report["grpc"].items()]
+    rows = [("in-process c=1", report["in_process"])]
+    rows += [(f"gRPC c={c}", r) for c, r in report["grpc"].items()]
     lines = [f"{'':16} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'qps':>8}  errors"]
     for name, r in rows:
         lines.append(f"{name:16} {r['p50_ms']:9.2f} {r['p95_ms']:9.2f} {r['p99_ms']:9.2f} {r['qps']:8.1f}  "

@@ -24,12 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--server", default=os.environ.get("TRACER_SERVER"), metavar="HOST:PORT",
                        help="address of a `tracer serve`")
     where.add_argument("--index-dir", metavar="DIR", help="query an index directory in-process, no server")
-    p.add_argument("--index", default=None, metavar="NAME", help="index id on the server (optional if only one)")
-    p.add_argument("--prompt", required=True, help='text before the completion, e.g. "Marie Curie was born in"')
+    p.add_argument("--index", default=None, metavar="NAME",
+                   help="index id on the server (optional if it serves only one)")
+    p.add_argument("--prompt", required=True,
+                   help='text before the completion, e.g. "Marie Curie was born in"')
     p.add_argument("--target", required=True, help='the completion to attribute, e.g. " Warsaw"')
-    p.add_argument("--method", default=None, help="tracin, tracin_cos, influence, trak, embedding, bm25, random "
-                                                  "(default: tracin if built, else bm25)")
-    p.add_argument("--candidates", default=None, help="bm25, embedding, gradient, union or full (default: bm25)")
+    p.add_argument("--method", default=None,
+                   help="tracin, tracin_cos, influence, trak, embedding, bm25 or random "
+                        "(default: tracin if built, else bm25)")
+    p.add_argument("--candidates", default=None,
+                   help="bm25, embedding, gradient, union or full (default: bm25)")
     p.add_argument("-k", type=int, default=10, help="hits to show")
     p.add_argument("--num-candidates", type=int, default=100, metavar="N", help="candidates to rerank")
     p.add_argument("--include-text", action="store_true", help="show each hit's text")
@@ -50,8 +54,8 @@ def _remote(args: argparse.Namespace) -> TraceResult:
         raise DataError(f"--token-file: cannot read {args.token_file}: {exc}") from exc
     with TracerClient(args.server, token=token, timeout=args.timeout, tls_ca=args.tls_ca,
                       index=args.index) as client:
-        return client.trace(args.prompt, args.target, method=args.method, candidates=args.candidates, k=args.k,
-                            num_candidates=args.num_candidates, include_text=args.include_text)
+        return client.trace(args.prompt, args.target, method=args.method, candidates=args.candidates,
+                            k=args.k, num_candidates=args.num_candidates, include_text=args.include_text)
 
 
 def _local(args: argparse.Namespace) -> TraceResult:
@@ -63,8 +67,8 @@ def _local(args: argparse.Namespace) -> TraceResult:
     try:
         methods = t.available_methods()
         method = args.method or next((m for m in ("tracin", "bm25") if m in methods), "bm25")
-        return t.trace(args.prompt, args.target, method=method, candidates=args.candidates or "bm25", k=args.k,
-                       num_candidates=args.num_candidates, include_text=args.include_text,
+        return t.trace(args.prompt, args.target, method=method, candidates=args.candidates or "bm25",
+                       k=args.k, num_candidates=args.num_candidates, include_text=args.include_text,
                        deadline=time.monotonic() + args.timeout)
     finally:
         t.close()

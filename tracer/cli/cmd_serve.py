@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"--index: {d} is not a directory")
     try:
         cfg = ServiceConfig(host=args.host, port=args.port, auth_token=_read_token(args.auth_token_file),
-                            tls_cert=args.tls_cert, tls_key=args.tls_key, max_concurrent_rpcs=args.max_concurrent,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key,
+                            max_concurrent_rpcs=args.max_concurrent,
                             max_workers=args.max_workers or args.max_concurrent, max_top_k=args.max_top_k,
                             max_batch=args.max_batch, grace_s=args.grace)
     except ValueError as exc:

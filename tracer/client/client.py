@@ -29,7 +29,11 @@ DEFAULT_TIMEOUT_S = 30.0
 EVALUATE_TIMEOUT_S = 3600.0  # Evaluate runs a whole benchmark
 _ERROR_TYPE_KEY = "x-tracer-error"
 _REQUEST_ID_KEY = "x-request-id"
-_PREFIXES = {pb.Method: "METHOD_", pb.CandidateSource: "CANDIDATE_SOURCE_", pb.EvaluatePolicy: "EVALUATE_POLICY_"}
+_PREFIXES = {
+    pb.Method: "METHOD_",
+    pb.CandidateSource: "CANDIDATE_SOURCE_",
+    pb.EvaluatePolicy: "EVALUATE_POLICY_",
+}
 
 
 class UnauthenticatedError(errors.TracerError):
@@ -58,6 +62,9 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.TracerError]] = {
 }
 
 
+_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+
+
 def error_from_rpc(err: grpc.RpcError) -> errors.TracerError:
     """The ``TracerError`` for a failed call, with ``code`` (status name) and ``request_id`` set."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
@@ -74,11 +81,11 @@ def error_from_rpc(err: grpc.RpcError) -> errors.TracerError:
     return exc
 
 
-def _enum(enum: Any, name: str | None) -> int:
+def _enum(enum: Any, name: str | None) -> Any:
     if not name:
         return 0
     try:
-        return int(enum.Value(_PREFIXES[enum] + name.upper()))
+        return enum.Value(_PREFIXES[enum] + name.upper())
     except ValueError:
         raise errors.InvalidRequestError(f"unknown {enum.DESCRIPTOR.name} {name!r}") from None
 
@@ -181,7 +188,8 @@ class TracerClient:
             TracerError: The subclass the server reported (InvalidRequestError, NotFoundError, ...).
         """
         req = pb.TraceRequest(index=self._index(index), prompt=prompt, target=target,
-                              method=_enum(pb.Method, method), candidates=_enum(pb.CandidateSource, candidates),
+                              method=_enum(pb.Method, method),
+                              candidates=_enum(pb.CandidateSource, candidates),
                               top_k=k, num_candidates=num_candidates, include_text=include_text,
                               query_id=query_id)
         return _trace_result(self._call(self._stub.Trace, req, timeout))
@@ -206,8 +214,9 @@ class TracerClient:
             if msg.HasField("result"):
                 items.append(BatchItem(msg.position, result=_trace_result(msg.result)))
             else:
-                code = next((c for c in grpc.StatusCode if c.value[0] == msg.error.code), grpc.StatusCode.UNKNOWN)
-                items.append(BatchItem(msg.position, error=_BY_CODE.get(code, RemoteError)(msg.error.message)))
+                code = _CODE_BY_NUMBER.get(msg.error.code, grpc.StatusCode.UNKNOWN)
+                error = _BY_CODE.get(code, RemoteError)(msg.error.message)
+                items.append(BatchItem(msg.position, error=error))
         return items
 
     def trace_batch(self, queries: Sequence[Query | tuple[str, str]], **kwargs: Any) -> list[TraceResult]:
@@ -220,19 +229,22 @@ class TracerClient:
             out.append(item.result)
         return out
 
-    def evaluate(self, queries: Sequence[Query], *, methods: Sequence[str] = (), candidates: str | None = None,
-                 num_candidates: int = 0, policy: str | None = None, tail_patch: bool = False,
-                 on_progress: Callable[[int, int, str], None] | None = None, index: str | None = None,
+    def evaluate(self, queries: Sequence[Query], *, methods: Sequence[str] = (),
+                 candidates: str | None = None, num_candidates: int = 0, policy: str | None = None,
+                 tail_patch: bool = False, tail_patch_max_queries: int = 0,
+                 on_progress: Callable[[int, int, str], None] | None = None,
+                 index: str | None = None,
                  timeout: float | None = EVALUATE_TIMEOUT_S) -> dict[str, Any]:
         """Run the benchmark server-side; returns the same report dict as ``Tracer.evaluate``.
 
         Args:
-            on_progress: Called with ``(done_queries, total_queries, method)`` as the server reports.
+            on_progress: Called with ``(done_queries, total_queries, stage)`` as the server reports.
         """
         req = pb.EvaluateRequest(
             index=self._index(index), methods=[_enum(pb.Method, m) for m in methods],
             candidates=_enum(pb.CandidateSource, candidates), num_candidates=num_candidates,
             policy=_enum(pb.EvaluatePolicy, policy), tail_patch=tail_patch,
+            tail_patch_max_queries=tail_patch_max_queries,
             queries=[pb.EvaluateQuery(query_id=q.query_id, prompt=q.prompt, target=q.target,
                                       proponents=list(q.proponents), fact_id=q.fact_id or "",
                                       relation=q.relation or "", subject=q.subject or "") for q in queries])
@@ -240,7 +252,7 @@ class TracerClient:
             if msg.HasField("progress"):
                 p = msg.progress
                 if on_progress is not None:
-                    on_progress(p.done_queries, p.total_queries, _name(pb.Method, p.method))
+                    on_progress(p.done_queries, p.total_queries, p.stage)
             elif msg.HasField("result"):
                 return dict(json.loads(msg.result.report_json))
         raise RemoteError("Evaluate ended without a result")
@@ -253,10 +265,11 @@ class TracerClient:
 
     def list_indexes(self, *, page_size: int = 0, timeout: float | None = None) -> list[dict[str, Any]]:
         """Every served index (all pages): ``{"name", "fingerprint", "n_documents", "methods", "info"}``."""
-        out, token = [], ""
+        out: list[dict[str, Any]] = []
+        token = ""
         while True:
-            msg = self._call(self._stub.ListIndexes, pb.ListIndexesRequest(page_size=page_size, page_token=token),
-                             timeout)
+            req = pb.ListIndexesRequest(page_size=page_size, page_token=token)
+            msg = self._call(self._stub.ListIndexes, req, timeout)
             out.extend({"name": i.name, "fingerprint": i.fingerprint, "n_documents": i.num_examples,
                         "methods": [_name(pb.Method, m) for m in i.methods],
                         "info": json.loads(i.info_json)} for i in msg.indexes)
@@ -273,7 +286,7 @@ class TracerClient:
     get_documents = get_examples
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
-        """The health status name of ``service`` ("" = the whole server): ``"SERVING"``, ``"NOT_SERVING"``, ..."""
+        """Health status name of ``service`` ("" = whole server): ``"SERVING"``, ``"NOT_SERVING"``, ..."""
         msg = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(msg.status))
 

@@ -17,7 +17,11 @@ from tracer.errors import InvalidRequestError
 from tracer.types import Document, Hit, Query, TraceResult
 
 # Enum type -> the prefix its value names carry.
-_PREFIXES = {pb.Method: "METHOD_", pb.CandidateSource: "CANDIDATE_SOURCE_", pb.EvaluatePolicy: "EVALUATE_POLICY_"}
+_PREFIXES = {
+    pb.Method: "METHOD_",
+    pb.CandidateSource: "CANDIDATE_SOURCE_",
+    pb.EvaluatePolicy: "EVALUATE_POLICY_",
+}
 
 
 def enum_to_name(enum: Any, value: int, field: str) -> str | None:
@@ -34,10 +38,10 @@ def enum_to_name(enum: Any, value: int, field: str) -> str | None:
     return None if name == "unspecified" else name
 
 
-def name_to_enum(enum: Any, name: str) -> int:
+def name_to_enum(enum: Any, name: str) -> Any:
     """Proto enum value of a library name; ``_UNSPECIFIED`` (0) for a name the proto lacks."""
     try:
-        return int(enum.Value(_PREFIXES[enum] + name.upper()))
+        return enum.Value(_PREFIXES[enum] + name.upper())
     except ValueError:
         return 0
 
@@ -64,7 +68,7 @@ def query_from_fields(msg: Any, field: str) -> Query:
 
 
 def eval_query(msg: pb.EvaluateQuery, position: int) -> Query:
-    """A labelled :class:`Query` from the ``position``-th ``EvaluateQuery`` (id defaults to ``q<position>``)."""
+    """A labelled :class:`Query` from the ``position``-th ``EvaluateQuery`` (default id ``q<position>``)."""
     base = query_from_fields(msg, f"queries[{position}].")
     return Query(
         query_id=base.query_id or f"q{position}",
@@ -148,10 +152,10 @@ def index_info(name: str, fingerprint: str, n_documents: int, methods: Sequence[
     )
 
 
-def evaluate_progress(done: int, total: int, method: str) -> pb.EvaluateResponse:
-    """A progress event of an Evaluate stream."""
+def evaluate_progress(done: int, total: int, stage: str) -> pb.EvaluateResponse:
+    """A progress event of an Evaluate stream (``stage`` is ``rank`` or ``tail_patch``)."""
     return pb.EvaluateResponse(progress=pb.EvaluateProgress(
-        done_queries=int(done), total_queries=int(total), method=name_to_enum(pb.Method, method)))
+        done_queries=int(done), total_queries=int(total), stage=str(stage)))
 
 
 def _method_metrics(name: str, res: Mapping[str, Any]) -> pb.MethodMetrics:

@@ -55,7 +55,7 @@ class ServiceConfig:
     max_eval_queries: int = field(default=100_000, metadata={"help": "most queries in one Evaluate"})
     max_message_bytes: int = field(default=16 * _MiB, metadata={"help": "largest request/response message"})
     max_text_chars: int = field(default=2000, metadata={"help": "hit texts are cut to this length"})
-    max_concurrent_rpcs: int = field(default=16, metadata={"help": "calls beyond this get RESOURCE_EXHAUSTED"})
+    max_concurrent_rpcs: int = field(default=16, metadata={"help": "more calls get RESOURCE_EXHAUSTED"})
     max_workers: int = field(default=16, metadata={"help": "handler threads"})
     max_page_size: int = field(default=1000, metadata={"help": "largest ListIndexes page"})
     # --- defaults for zero-valued request fields
@@ -69,7 +69,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.startswith(("max_", "default_", "batch_")) and (not isinstance(value, int) or value < 1):
+            capped = f.name.startswith(("max_", "default_", "batch_"))
+            if capped and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"ServiceConfig.{f.name} must be a positive int, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"ServiceConfig.port must be in [0, 65535], got {self.port}")
@@ -202,8 +203,8 @@ def create_server(cfg: ServiceConfig, tracers: Mapping[str, Any] | None = None) 
                ("grpc.max_send_message_length", cfg.max_message_bytes),
                ("grpc.so_reuseport", 0)]
     interceptors = [_AuthInterceptor(cfg.auth_token)] if cfg.auth_token else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="tracer-rpc"),
-                         interceptors=interceptors, options=options,
+    executor = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="tracer-rpc")
+    server = grpc.server(executor, interceptors=interceptors, options=options,
                          maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
     registry = IndexRegistry()
     pb_grpc.add_TracerServiceServicer_to_server(TracerServicer(cfg, registry), server)
@@ -268,7 +269,7 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
     """SIGTERM and SIGINT set ``stop`` (only possible from the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
     return previous

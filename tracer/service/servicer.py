@@ -69,7 +69,8 @@ class IndexEntry:
         info = dict(tracer.info())
         listed = getattr(tracer, "available_candidates", None)
         sources = list((listed() if callable(listed) else info.get("candidates")) or ["bm25"])
-        default_method = next((m for m in ("tracin", "bm25") if m in methods), methods[0] if methods else "bm25")
+        fallback = methods[0] if methods else "bm25"
+        default_method = next((m for m in ("tracin", "bm25") if m in methods), fallback)
         default_candidates = "bm25" if "bm25" in sources else sources[0]
         lock = None if getattr(tracer, "thread_safe", False) else threading.Lock()
         return cls(name, tracer, methods, info, default_method, default_candidates, lock)
@@ -82,7 +83,7 @@ class IndexEntry:
             return
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self.lock.acquire(timeout=timeout):
-            raise DeadlineExceededError(f"index {self.name!r}: deadline passed while waiting for the busy index")
+            raise DeadlineExceededError(f"index {self.name!r}: deadline passed while waiting for the index")
         try:
             yield self.tracer
         finally:
@@ -131,7 +132,8 @@ class IndexRegistry:
                 raise InvalidRequestError(f"index: required (serving {', '.join(sorted(self._entries))})")
             entry = self._entries.get(name)
             if entry is None:
-                raise NotFoundError(f"index: unknown index {name!r} (serving {', '.join(sorted(self._entries))})")
+                serving = ", ".join(sorted(self._entries))
+                raise NotFoundError(f"index: unknown index {name!r} (serving {serving})")
             return entry
 
 
@@ -183,7 +185,8 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
         opts = self._trace_options(entry, request)
         deadline = call_deadline(context)
         with entry.use(deadline) as tracer:
-            result = tracer.trace(query.prompt, query.target, query_id=query.query_id, deadline=deadline, **opts)
+            result = tracer.trace(query.prompt, query.target, query_id=query.query_id, deadline=deadline,
+                                  **opts)
         return self._respond(result, entry, opts["include_text"])
 
     @rpc_method
@@ -219,7 +222,8 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
                     if isinstance(outcome, InvalidRequestError):
                         out[pos] = convert.batch_error(pos, _INVALID, f"queries[{pos}]: {outcome}")
                     else:
-                        out[pos] = convert.batch_result(pos, self._respond(outcome, entry, opts["include_text"]))
+                        response = self._respond(outcome, entry, opts["include_text"])
+                        out[pos] = convert.batch_result(pos, response)
         for pos in sorted(out):
             yield out[pos]
 
@@ -249,17 +253,23 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
         if n == 0:
             raise InvalidRequestError("queries: at least one query is required")
         if n > self._cfg.max_eval_queries:
-            raise LimitExceededError(f"queries: {n} queries exceed the server's cap of {self._cfg.max_eval_queries}")
+            cap = self._cfg.max_eval_queries
+            raise LimitExceededError(f"queries: {n} queries exceed the server's cap of {cap}")
         queries = [convert.eval_query(q, i) for i, q in enumerate(request.queries)]
         kwargs = {
             "methods": convert.methods_from(request.methods) or list(entry.methods),
             "candidates": convert.enum_to_name(pb.CandidateSource, request.candidates, "candidates")
             or entry.default_candidates,
-            "num_candidates": _bounded(request.num_candidates, "num_candidates", self._cfg.default_num_candidates,
-                                       self._cfg.max_num_candidates),
+            "num_candidates": _bounded(request.num_candidates, "num_candidates",
+                                       self._cfg.default_num_candidates, self._cfg.max_num_candidates),
             "policy": convert.enum_to_name(pb.EvaluatePolicy, request.policy, "policy") or "candidates",
             "tail_patch": bool(request.tail_patch),
             "deadline": call_deadline(context),
+        }
+        if request.tail_patch_max_queries > 0:
+            kwargs["tail_patch_max_queries"] = int(request.tail_patch_max_queries)
+        kwargs = {
+            **kwargs,
         }
         yield from _run_evaluate(entry, queries, kwargs, context)
 
@@ -290,7 +300,8 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
         if not ids:
             raise InvalidRequestError("example_ids: at least one id is required")
         if len(ids) > self._cfg.max_examples:
-            raise LimitExceededError(f"example_ids: {len(ids)} ids exceed the server's cap of {self._cfg.max_examples}")
+            cap = self._cfg.max_examples
+            raise LimitExceededError(f"example_ids: {len(ids)} ids exceed the server's cap of {cap}")
         for i, doc_id in enumerate(ids):
             convert.require_text(doc_id, f"example_ids[{i}]")
         with entry.use(call_deadline(context)) as tracer:

@@ -126,7 +126,7 @@ def rpc_method(func: _F) -> _F:
         call._trailers()
         try:
             response = func(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status, none escapes
+        except Exception as exc:
             call.fail(exc)
             raise  # unreachable: fail() aborts the RPC
         call.log()

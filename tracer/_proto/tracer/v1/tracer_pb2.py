@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tracer/v1/tracer.proto\x12\ttracer.v1\"\xdf\x01\n\x0cTraceRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12!\n\x06method\x18\x04 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x05 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x16\n\x0enum_candidates\x18\x07 \x01(\x05\x12\x14\n\x0cinclude_text\x18\x08 \x01(\x08\x12\x10\n\x08query_id\x18\t \x01(\t\"j\n\x03Hit\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\x04text\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0etext_truncated\x18\x05 \x01(\x08\x42\x07\n\x05_text\"\xe3\x02\n\rTraceResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\t\x12\x19\n\x11index_fingerprint\x18\x05 \x01(\t\x12!\n\x06method\x18\x06 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x07 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x1c\n\x04hits\x18\x08 \x03(\x0b\x32\x0e.tracer.v1.Hit\x12;\n\ntimings_ms\x18\t \x03(\x0b\x32\'.tracer.v1.TraceResponse.TimingsMsEntry\x12\x16\n\x0enum_candidates\x18\n \x01(\x05\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\nTraceQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"\xda\x01\n\x11\x42\x61tchTraceRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12&\n\x07queries\x18\x02 \x03(\x0b\x32\x15.tracer.v1.TraceQuery\x12!\n\x06method\x18\x03 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x04 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x16\n\x0enum_candidates\x18\x06 \x01(\x05\x12\x14\n\x0cinclude_text\x18\x07 \x01(\x08\"+\n\nQueryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x85\x01\n\x12\x42\x61tchTraceResponse\x12\x10\n\x08position\x18\x01 \x01(\x05\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.tracer.v1.TraceResponseH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.tracer.v1.QueryErrorH\x00\x42\t\n\x07outcome\"\x89\x01\n\rEvaluateQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x12\n\nproponents\x18\x04 \x03(\t\x12\x0f\n\x07\x66\x61\x63t_id\x18\x05 \x01(\t\x12\x10\n\x08relation\x18\x06 \x01(\t\x12\x0f\n\x07subject\x18\x07 \x01(\t\"\xf6\x01\n\x0f\x45valuateRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12)\n\x07queries\x18\x02 \x03(\x0b\x32\x18.tracer.v1.EvaluateQuery\x12\"\n\x07methods\x18\x03 \x03(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x04 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x16\n\x0enum_candidates\x18\x05 \x01(\x05\x12)\n\x06policy\x18\x06 \x01(\x0e\x32\x19.tracer.v1.EvaluatePolicy\x12\x12\n\ntail_patch\x18\x07 \x01(\x08\"b\n\x10\x45valuateProgress\x12\x14\n\x0c\x64one_queries\x18\x01 \x01(\x05\x12\x15\n\rtotal_queries\x18\x02 \x01(\x05\x12!\n\x06method\x18\x03 \x01(\x0e\x32\x11.tracer.v1.Method\"6\n\x0eMetricInterval\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\n\n\x02lo\x18\x02 \x01(\x01\x12\n\n\x02hi\x18\x03 \x01(\x01\"\xfa\x01\n\rMethodMetrics\x12!\n\x06method\x18\x01 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x02 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x13\n\x0bnum_queries\x18\x03 \x01(\x05\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.tracer.v1.MethodMetrics.MetricsEntry\x1aI\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.tracer.v1.MetricInterval:\x02\x38\x01\"P\n\x0e\x45valuateResult\x12\x13\n\x0breport_json\x18\x01 \x01(\t\x12)\n\x07methods\x18\x02 \x03(\x0b\x32\x18.tracer.v1.MethodMetrics\"y\n\x10\x45valuateResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.tracer.v1.EvaluateProgressH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.tracer.v1.EvaluateResultH\x00\x42\x07\n\x05\x65vent\"\xab\x01\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\"\n\x07methods\x18\x04 \x03(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x05 \x03(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x11\n\tinfo_json\x18\x06 \x01(\t\" \n\x0fGetIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\"7\n\x10GetIndexResponse\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.tracer.v1.IndexInfo\";\n\x12ListIndexesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x13ListIndexesResponse\x12%\n\x07indexes\x18\x01 \x03(\x0b\x32\x14.tracer.v1.IndexInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"z\n\x07\x45xample\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x66\x61\x63ts\x18\x03 \x03(\t\x12\x13\n\x06prompt\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06target\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_promptB\t\n\x07_target\"=\n\x17\x42\x61tchGetExamplesRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x13\n\x0b\x65xample_ids\x18\x02 \x03(\t\"@\n\x18\x42\x61tchGetExamplesResponse\x12$\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x12.tracer.v1.Example*\xab\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMETHOD_BM25\x10\x01\x12\x14\n\x10METHOD_EMBEDDING\x10\x02\x12\x11\n\rMETHOD_TRACIN\x10\x03\x12\x15\n\x11METHOD_TRACIN_COS\x10\x04\x12\x14\n\x10METHOD_INFLUENCE\x10\x05\x12\x0f\n\x0bMETHOD_TRAK\x10\x06\x12\x11\n\rMETHOD_RANDOM\x10\x07*\xc4\x01\n\x0f\x43\x61ndidateSource\x12 \n\x1c\x43\x41NDIDATE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NDIDATE_SOURCE_BM25\x10\x01\x12\x1e\n\x1a\x43\x41NDIDATE_SOURCE_EMBEDDING\x10\x02\x12\x1d\n\x19\x43\x41NDIDATE_SOURCE_GRADIENT\x10\x03\x12\x1a\n\x16\x43\x41NDIDATE_SOURCE_UNION\x10\x04\x12\x19\n\x15\x43\x41NDIDATE_SOURCE_FULL\x10\x05*\x87\x01\n\x0e\x45valuatePolicy\x12\x1f\n\x1b\x45VALUATE_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45VALUATE_POLICY_CANDIDATES\x10\x01\x12\x1a\n\x16\x45VALUATE_POLICY_FTRACE\x10\x02\x12\x18\n\x14\x45VALUATE_POLICY_FULL\x10\x03\x32\xcf\x03\n\rTracerService\x12:\n\x05Trace\x12\x17.tracer.v1.TraceRequest\x1a\x18.tracer.v1.TraceResponse\x12K\n\nBatchTrace\x12\x1c.tracer.v1.BatchTraceRequest\x1a\x1d.tracer.v1.BatchTraceResponse0\x01\x12\x45\n\x08\x45valuate\x12\x1a.tracer.v1.EvaluateRequest\x1a\x1b.tracer.v1.EvaluateResponse0\x01\x12\x43\n\x08GetIndex\x12\x1a.tracer.v1.GetIndexRequest\x1a\x1b.tracer.v1.GetIndexResponse\x12L\n\x0bListIndexes\x12\x1d.tracer.v1.ListIndexesRequest\x1a\x1e.tracer.v1.ListIndexesResponse\x12[\n\x10\x42\x61tchGetExamples\x12\".tracer.v1.BatchGetExamplesRequest\x1a#.tracer.v1.BatchGetExamplesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tracer/v1/tracer.proto\x12\ttracer.v1\"\xdf\x01\n\x0cTraceRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12!\n\x06method\x18\x04 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x05 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x16\n\x0enum_candidates\x18\x07 \x01(\x05\x12\x14\n\x0cinclude_text\x18\x08 \x01(\x08\x12\x10\n\x08query_id\x18\t \x01(\t\"j\n\x03Hit\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\x04text\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0etext_truncated\x18\x05 \x01(\x08\x42\x07\n\x05_text\"\xe3\x02\n\rTraceResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\t\x12\x19\n\x11index_fingerprint\x18\x05 \x01(\t\x12!\n\x06method\x18\x06 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x07 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x1c\n\x04hits\x18\x08 \x03(\x0b\x32\x0e.tracer.v1.Hit\x12;\n\ntimings_ms\x18\t \x03(\x0b\x32\'.tracer.v1.TraceResponse.TimingsMsEntry\x12\x16\n\x0enum_candidates\x18\n \x01(\x05\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\nTraceQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"\xda\x01\n\x11\x42\x61tchTraceRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12&\n\x07queries\x18\x02 \x03(\x0b\x32\x15.tracer.v1.TraceQuery\x12!\n\x06method\x18\x03 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x04 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x16\n\x0enum_candidates\x18\x06 \x01(\x05\x12\x14\n\x0cinclude_text\x18\x07 \x01(\x08\"+\n\nQueryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x85\x01\n\x12\x42\x61tchTraceResponse\x12\x10\n\x08position\x18\x01 \x01(\x05\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.tracer.v1.TraceResponseH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.tracer.v1.QueryErrorH\x00\x42\t\n\x07outcome\"\x89\x01\n\rEvaluateQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x12\n\nproponents\x18\x04 \x03(\t\x12\x0f\n\x07\x66\x61\x63t_id\x18\x05 \x01(\t\x12\x10\n\x08relation\x18\x06 \x01(\t\x12\x0f\n\x07subject\x18\x07 \x01(\t\"\x96\x02\n\x0f\x45valuateRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12)\n\x07queries\x18\x02 \x03(\x0b\x32\x18.tracer.v1.EvaluateQuery\x12\"\n\x07methods\x18\x03 \x03(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x04 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x16\n\x0enum_candidates\x18\x05 \x01(\x05\x12)\n\x06policy\x18\x06 \x01(\x0e\x32\x19.tracer.v1.EvaluatePolicy\x12\x12\n\ntail_patch\x18\x07 \x01(\x08\x12\x1e\n\x16tail_patch_max_queries\x18\x08 \x01(\x05\"N\n\x10\x45valuateProgress\x12\x14\n\x0c\x64one_queries\x18\x01 \x01(\x05\x12\x15\n\rtotal_queries\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\"6\n\x0eMetricInterval\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\n\n\x02lo\x18\x02 \x01(\x01\x12\n\n\x02hi\x18\x03 \x01(\x01\"\xfa\x01\n\rMethodMetrics\x12!\n\x06method\x18\x01 \x01(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x02 \x01(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x13\n\x0bnum_queries\x18\x03 \x01(\x05\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.tracer.v1.MethodMetrics.MetricsEntry\x1aI\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.tracer.v1.MetricInterval:\x02\x38\x01\"P\n\x0e\x45valuateResult\x12\x13\n\x0breport_json\x18\x01 \x01(\t\x12)\n\x07methods\x18\x02 \x03(\x0b\x32\x18.tracer.v1.MethodMetrics\"y\n\x10\x45valuateResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.tracer.v1.EvaluateProgressH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.tracer.v1.EvaluateResultH\x00\x42\x07\n\x05\x65vent\"\xab\x01\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\"\n\x07methods\x18\x04 \x03(\x0e\x32\x11.tracer.v1.Method\x12.\n\ncandidates\x18\x05 \x03(\x0e\x32\x1a.tracer.v1.CandidateSource\x12\x11\n\tinfo_json\x18\x06 \x01(\t\" \n\x0fGetIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\"7\n\x10GetIndexResponse\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.tracer.v1.IndexInfo\";\n\x12ListIndexesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x13ListIndexesResponse\x12%\n\x07indexes\x18\x01 \x03(\x0b\x32\x14.tracer.v1.IndexInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"z\n\x07\x45xample\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x66\x61\x63ts\x18\x03 \x03(\t\x12\x13\n\x06prompt\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06target\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_promptB\t\n\x07_target\"=\n\x17\x42\x61tchGetExamplesRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x13\n\x0b\x65xample_ids\x18\x02 \x03(\t\"@\n\x18\x42\x61tchGetExamplesResponse\x12$\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x12.tracer.v1.Example*\xab\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMETHOD_BM25\x10\x01\x12\x14\n\x10METHOD_EMBEDDING\x10\x02\x12\x11\n\rMETHOD_TRACIN\x10\x03\x12\x15\n\x11METHOD_TRACIN_COS\x10\x04\x12\x14\n\x10METHOD_INFLUENCE\x10\x05\x12\x0f\n\x0bMETHOD_TRAK\x10\x06\x12\x11\n\rMETHOD_RANDOM\x10\x07*\xc4\x01\n\x0f\x43\x61ndidateSource\x12 \n\x1c\x43\x41NDIDATE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NDIDATE_SOURCE_BM25\x10\x01\x12\x1e\n\x1a\x43\x41NDIDATE_SOURCE_EMBEDDING\x10\x02\x12\x1d\n\x19\x43\x41NDIDATE_SOURCE_GRADIENT\x10\x03\x12\x1a\n\x16\x43\x41NDIDATE_SOURCE_UNION\x10\x04\x12\x19\n\x15\x43\x41NDIDATE_SOURCE_FULL\x10\x05*\x87\x01\n\x0e\x45valuatePolicy\x12\x1f\n\x1b\x45VALUATE_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45VALUATE_POLICY_CANDIDATES\x10\x01\x12\x1a\n\x16\x45VALUATE_POLICY_FTRACE\x10\x02\x12\x18\n\x14\x45VALUATE_POLICY_FULL\x10\x03\x32\xcf\x03\n\rTracerService\x12:\n\x05Trace\x12\x17.tracer.v1.TraceRequest\x1a\x18.tracer.v1.TraceResponse\x12K\n\nBatchTrace\x12\x1c.tracer.v1.BatchTraceRequest\x1a\x1d.tracer.v1.BatchTraceResponse0\x01\x12\x45\n\x08\x45valuate\x12\x1a.tracer.v1.EvaluateRequest\x1a\x1b.tracer.v1.EvaluateResponse0\x01\x12\x43\n\x08GetIndex\x12\x1a.tracer.v1.GetIndexRequest\x1a\x1b.tracer.v1.GetIndexResponse\x12L\n\x0bListIndexes\x12\x1d.tracer.v1.ListIndexesRequest\x1a\x1e.tracer.v1.ListIndexesResponse\x12[\n\x10\x42\x61tchGetExamples\x12\".tracer.v1.BatchGetExamplesRequest\x1a#.tracer.v1.BatchGetExamplesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACERESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_METHODMETRICS_METRICSENTRY']._loaded_options = None
   _globals['_METHODMETRICS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_METHOD']._serialized_start=2865
-  _globals['_METHOD']._serialized_end=3036
-  _globals['_CANDIDATESOURCE']._serialized_start=3039
-  _globals['_CANDIDATESOURCE']._serialized_end=3235
-  _globals['_EVALUATEPOLICY']._serialized_start=3238
-  _globals['_EVALUATEPOLICY']._serialized_end=3373
+  _globals['_METHOD']._serialized_start=2877
+  _globals['_METHOD']._serialized_end=3048
+  _globals['_CANDIDATESOURCE']._serialized_start=3051
+  _globals['_CANDIDATESOURCE']._serialized_end=3247
+  _globals['_EVALUATEPOLICY']._serialized_start=3250
+  _globals['_EVALUATEPOLICY']._serialized_end=3385
   _globals['_TRACEREQUEST']._serialized_start=38
   _globals['_TRACEREQUEST']._serialized_end=261
   _globals['_HIT']._serialized_start=263
@@ -60,35 +60,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATEQUERY']._serialized_start=1196
   _globals['_EVALUATEQUERY']._serialized_end=1333
   _globals['_EVALUATEREQUEST']._serialized_start=1336
-  _globals['_EVALUATEREQUEST']._serialized_end=1582
-  _globals['_EVALUATEPROGRESS']._serialized_start=1584
-  _globals['_EVALUATEPROGRESS']._serialized_end=1682
-  _globals['_METRICINTERVAL']._serialized_start=1684
-  _globals['_METRICINTERVAL']._serialized_end=1738
-  _globals['_METHODMETRICS']._serialized_start=1741
-  _globals['_METHODMETRICS']._serialized_end=1991
-  _globals['_METHODMETRICS_METRICSENTRY']._serialized_start=1918
-  _globals['_METHODMETRICS_METRICSENTRY']._serialized_end=1991
-  _globals['_EVALUATERESULT']._serialized_start=1993
-  _globals['_EVALUATERESULT']._serialized_end=2073
-  _globals['_EVALUATERESPONSE']._serialized_start=2075
-  _globals['_EVALUATERESPONSE']._serialized_end=2196
-  _globals['_INDEXINFO']._serialized_start=2199
-  _globals['_INDEXINFO']._serialized_end=2370
-  _globals['_GETINDEXREQUEST']._serialized_start=2372
-  _globals['_GETINDEXREQUEST']._serialized_end=2404
-  _globals['_GETINDEXRESPONSE']._serialized_start=2406
-  _globals['_GETINDEXRESPONSE']._serialized_end=2461
-  _globals['_LISTINDEXESREQUEST']._serialized_start=2463
-  _globals['_LISTINDEXESREQUEST']._serialized_end=2522
-  _globals['_LISTINDEXESRESPONSE']._serialized_start=2524
-  _globals['_LISTINDEXESRESPONSE']._serialized_end=2609
-  _globals['_EXAMPLE']._serialized_start=2611
-  _globals['_EXAMPLE']._serialized_end=2733
-  _globals['_BATCHGETEXAMPLESREQUEST']._serialized_start=2735
-  _globals['_BATCHGETEXAMPLESREQUEST']._serialized_end=2796
-  _globals['_BATCHGETEXAMPLESRESPONSE']._serialized_start=2798
-  _globals['_BATCHGETEXAMPLESRESPONSE']._serialized_end=2862
-  _globals['_TRACERSERVICE']._serialized_start=3376
-  _globals['_TRACERSERVICE']._serialized_end=3839
+  _globals['_EVALUATEREQUEST']._serialized_end=1614
+  _globals['_EVALUATEPROGRESS']._serialized_start=1616
+  _globals['_EVALUATEPROGRESS']._serialized_end=1694
+  _globals['_METRICINTERVAL']._serialized_start=1696
+  _globals['_METRICINTERVAL']._serialized_end=1750
+  _globals['_METHODMETRICS']._serialized_start=1753
+  _globals['_METHODMETRICS']._serialized_end=2003
+  _globals['_METHODMETRICS_METRICSENTRY']._serialized_start=1930
+  _globals['_METHODMETRICS_METRICSENTRY']._serialized_end=2003
+  _globals['_EVALUATERESULT']._serialized_start=2005
+  _globals['_EVALUATERESULT']._serialized_end=2085
+  _globals['_EVALUATERESPONSE']._serialized_start=2087
+  _globals['_EVALUATERESPONSE']._serialized_end=2208
+  _globals['_INDEXINFO']._serialized_start=2211
+  _globals['_INDEXINFO']._serialized_end=2382
+  _globals['_GETINDEXREQUEST']._serialized_start=2384
+  _globals['_GETINDEXREQUEST']._serialized_end=2416
+  _globals['_GETINDEXRESPONSE']._serialized_start=2418
+  _globals['_GETINDEXRESPONSE']._serialized_end=2473
+  _globals['_LISTINDEXESREQUEST']._serialized_start=2475
+  _globals['_LISTINDEXESREQUEST']._serialized_end=2534
+  _globals['_LISTINDEXESRESPONSE']._serialized_start=2536
+  _globals['_LISTINDEXESRESPONSE']._serialized_end=2621
+  _globals['_EXAMPLE']._serialized_start=2623
+  _globals['_EXAMPLE']._serialized_end=2745
+  _globals['_BATCHGETEXAMPLESREQUEST']._serialized_start=2747
+  _globals['_BATCHGETEXAMPLESREQUEST']._serialized_end=2808
+  _globals['_BATCHGETEXAMPLESRESPONSE']._serialized_start=2810
+  _globals['_BATCHGETEXAMPLESRESPONSE']._serialized_end=2874
+  _globals['_TRACERSERVICE']._serialized_start=3388
+  _globals['_TRACERSERVICE']._serialized_end=3851
 # @@protoc_insertion_point(module_scope)

@@ -184,7 +184,7 @@ class EvaluateQuery(_message.Message):
     def __init__(self, query_id: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., proponents: _Optional[_Iterable[str]] = ..., fact_id: _Optional[str] = ..., relation: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("index", "queries", "methods", "candidates", "num_candidates", "policy", "tail_patch")
+    __slots__ = ("index", "queries", "methods", "candidates", "num_candidates", "policy", "tail_patch", "tail_patch_max_queries")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,7 @@ class EvaluateRequest(_message.Message):
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     TAIL_PATCH_FIELD_NUMBER: _ClassVar[int]
+    TAIL_PATCH_MAX_QUERIES_FIELD_NUMBER: _ClassVar[int]
     index: str
     queries: _containers.RepeatedCompositeFieldContainer[EvaluateQuery]
     methods: _containers.RepeatedScalarFieldContainer[Method]
@@ -199,17 +200,18 @@ class EvaluateRequest(_message.Message):
     num_candidates: int
     policy: EvaluatePolicy
     tail_patch: bool
-    def __init__(self, index: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[EvaluateQuery, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., candidates: _Optional[_Union[CandidateSource, str]] = ..., num_candidates: _Optional[int] = ..., policy: _Optional[_Union[EvaluatePolicy, str]] = ..., tail_patch: _Optional[bool] = ...) -> None: ...
+    tail_patch_max_queries: int
+    def __init__(self, index: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[EvaluateQuery, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., candidates: _Optional[_Union[CandidateSource, str]] = ..., num_candidates: _Optional[int] = ..., policy: _Optional[_Union[EvaluatePolicy, str]] = ..., tail_patch: _Optional[bool] = ..., tail_patch_max_queries: _Optional[int] = ...) -> None: ...
 
 class EvaluateProgress(_message.Message):
-    __slots__ = ("done_queries", "total_queries", "method")
+    __slots__ = ("done_queries", "total_queries", "stage")
     DONE_QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_QUERIES_FIELD_NUMBER: _ClassVar[int]
-    METHOD_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
     done_queries: int
     total_queries: int
-    method: Method
-    def __init__(self, done_queries: _Optional[int] = ..., total_queries: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ...) -> None: ...
+    stage: str
+    def __init__(self, done_queries: _Optional[int] = ..., total_queries: _Optional[int] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class MetricInterval(_message.Message):
     __slots__ = ("mean", "lo", "hi")
