@@ -43,6 +43,9 @@ def select_queries(queries: list[Any], slice_: str, report_path: Path | None, ma
                             "pass --train-report or --slice all")
         learned = set(json.loads(report_path.read_text())["learned_query_ids"])
         queries = [q for q in queries if q.query_id in learned]
+        if not queries:
+            raise DataError(f"the learned slice of {report_path} is empty (no query is right at the last "
+                            "checkpoint and wrong at the first); use --slice all")
     return queries[:max_queries] if max_queries else queries
 
 

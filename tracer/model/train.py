@@ -37,7 +37,7 @@ class TrainConfig:
     """How to train the benchmark LM."""
 
     arch: ArchConfig = field(default_factory=ArchConfig, metadata={"help": "model architecture"})
-    epochs: int = field(default=24, metadata={"help": "passes over the corpus"})
+    epochs: int = field(default=30, metadata={"help": "passes over the corpus"})
     batch_size: int = field(default=32, metadata={"help": "documents per step"})
     lr: float = field(default=5e-3, metadata={"help": "peak learning rate (AdamW)"})
     warmup_frac: float = field(default=0.05, metadata={"help": "linear warmup, fraction of steps"})

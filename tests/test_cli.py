@@ -1,0 +1,56 @@
+"""The command line end to end on the tiny benchmark, and its error messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tracer.cli.main import main
+
+
+def test_synth_train_build_info_query_eval(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--out", "bench", "--preset", "tiny"]) == 0
+    assert main(["train", "--data", "bench", "--out", "run", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "acc(train templates)" in out and "learned slice" in out
+    assert main(["build", "--corpus", "bench/corpus.jsonl", "--model", "run", "--out", "idx", "--k-in", "8",
+                 "--k-out", "8", "--trak-dim", "64"]) == 0
+    assert "bytes/example" in capsys.readouterr().out
+    assert main(["info", "idx", "--verify"]) == 0
+    info = capsys.readouterr().out
+    assert "verified" in info and "tracin_cos" in info and "checkpoint" in info
+    q = json.loads((tmp_path / "bench" / "queries.jsonl").read_text().splitlines()[0])
+    assert main(["query", "--index-dir", "idx", "--prompt", q["prompt"], "--target", q["target"],
+                 "--method", "tracin", "-k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["hits"]) == 3 and res["method"] == "tracin"
+    assert main(["eval", "--index", "idx", "--queries", "bench/queries.jsonl", "--slice", "all",
+                 "--methods", "bm25,tracin,random", "--max-queries", "8", "--tail-patch",
+                 "--tail-patch-queries", "2", "--out", "report"]) == 0
+    table = capsys.readouterr().out
+    assert "| bm25 |" in table and "| tracin |" in table and "tail_patch" in table
+    for f in ("metrics.json", "report.md", "report.html", "chart.png", "qrels.txt", "runs/tracin.trec"):
+        assert (tmp_path / "report" / f).is_file(), f
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["synth", "--out", "x", "--preset", "huge"], "unknown preset 'huge'"),
+    (["train", "--data", "nowhere", "--out", "x"], "benchmark directory not found: nowhere"),
+    (["build", "--corpus", "missing.jsonl", "--checkpoint", "nowhere", "--out", "x"], "checkpoint directory not found"),
+    (["info", "no-such-index"], "no index directory at no-such-index"),
+    (["query", "--index-dir", "no-such-index", "--prompt", "p", "--target", " t"], "no index directory"),
+])
+def test_clear_errors_without_tracebacks(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unreadable_corpus_is_named(tmp_path, capsys, monkeypatch, tiny_run):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "text": "ok"}\nnot json\n')
+    assert main(["build", "--corpus", "bad.jsonl", "--model", str(tiny_run), "--out", "x"]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
