@@ -13,6 +13,8 @@ from tracer.errors import IndexNotReadyError, InvalidRequestError
 from tracer.featurize.config import FeaturizeConfig
 from tracer.featurize.exact import per_example_grads
 from tracer.index.build import IndexConfig, build_index
+from tracer.methods.influence import DEFAULT_DAMPING as INFLUENCE_DAMPING
+from tracer.methods.trak import DEFAULT_DAMPING as TRAK_DAMPING
 from tracer.model.loading import load_checkpoints, load_model
 from tracer.model.tokenization import encode_example, pad_batch
 from tracer.retrieval import reciprocal_rank_fusion, scan_full, top_k
@@ -77,7 +79,7 @@ def test_influence_equals_explicit_damped_gauss_newton_solve(oracle):
     damped = np.zeros_like(fisher)  # block-diagonal: weight block, bias block
     for sl in (slice(0, d_w), slice(d_w, None)):
         fb = fisher[sl, sl]
-        damped[sl, sl] = fb + 0.1 * np.trace(fb) / len(fb) * np.eye(len(fb))
+        damped[sl, sl] = fb + INFLUENCE_DAMPING * np.trace(fb) / len(fb) * np.eye(len(fb))
     expect = g_docs @ np.linalg.solve(damped, g_q)
     got = _full_scores(t, q, "influence")
     np.testing.assert_allclose(got, expect, rtol=1e-3, atol=1e-5 * np.abs(expect).max())
@@ -95,7 +97,7 @@ def test_trak_equals_the_formula_in_numpy(oracle):
         s = trak_sketch(feats.shape[1], k, 0).astype(np.float64)
         phi = feats @ s
         xtx = phi.T @ phi
-        lam = 0.01 * np.trace(xtx) / k
+        lam = TRAK_DAMPING * np.trace(xtx) / k
         phi_q = qf.grads["raw"][ci].astype(np.float64) @ s
         p = np.exp(-np.asarray(t.store.losses(ci), dtype=np.float64))
         total += (phi @ np.linalg.solve(xtx + lam * np.eye(k), phi_q)) * (1 - p)

@@ -48,7 +48,8 @@ class EvalConfig:
     batch_size: int = field(default=32, metadata={"help": "queries featurized together"})
     tail_patch: bool = field(default=False, metadata={"help": "run the tail-patch causal check"})
     tail_patch_k: int = field(default=3, metadata={"help": "top examples stepped on per query and method"})
-    tail_patch_lr: float = field(default=1e-3, metadata={"help": "SGD step size of the tail-patch"})
+    tail_patch_lr: float = field(default=1e-2, metadata={"help": "SGD step size of the tail-patch"})
+    tail_patch_checkpoint: int = field(default=0, metadata={"help": "checkpoint stepped from (index; -1 = last)"})
     tail_patch_max_queries: int = field(default=200, metadata={"help": "queries used for the tail-patch"})
 
     def __post_init__(self) -> None:
@@ -160,7 +161,7 @@ def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, di
     from tracer.model.tokenization import encode_example
 
     store, tok = tracer.store, tracer.encoder.tokenizer
-    model = load_model(store.checkpoints[-1]["path"], attn_implementation="eager")
+    model = load_model(store.checkpoints[cfg.tail_patch_checkpoint]["path"], attn_implementation="eager")
     max_len = tracer.encoder.cfg.max_length if tracer.encoder.cfg else 128
     subset = list(queries)[: cfg.tail_patch_max_queries]
     per_method: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.methods}

@@ -91,7 +91,7 @@ def build_trak_stage(ctx: Any) -> dict[str, Any]:
         out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float32, shape=(n, k))
         xtx = np.zeros((k, k))
         for lo in range(0, n, CHUNK):
-            phi = torch.from_numpy(np.asarray(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
+            phi = torch.from_numpy(np.array(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
             out[lo:lo + len(phi)] = phi.numpy()
             xtx += (phi.double().T @ phi.double()).numpy()
         out.flush()

@@ -15,6 +15,9 @@ from tracer.featurize.views import RAW
 from tracer.methods.base import Method, QueryFeatures
 from tracer.methods.tracin import _gather
 
+# Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/README).
+DEFAULT_DAMPING = 0.001
+
 
 def damped_inverse_blocks(fishers: list[np.ndarray], damping: float) -> list[np.ndarray]:
     """``(F_b + damping * mean_eig(F_b) I)^{-1}`` per block, float64."""
@@ -32,7 +35,7 @@ class Influence(Method):
     needs = ("grads",)
     description = "g(q)^T (F + lambda I)^-1 g(z), F = block-diagonal projected Fisher (final checkpoint)"
 
-    def __init__(self, store, damping: float = 0.1, **params):  # type: ignore[no-untyped-def]
+    def __init__(self, store, damping: float = DEFAULT_DAMPING, **params):  # type: ignore[no-untyped-def]
         super().__init__(store, **params)
         if not damping > 0:
             raise ValueError(f"influence damping must be > 0, got {damping}")

@@ -17,6 +17,9 @@ from tracer.index.stages import trak_sketch
 from tracer.methods.base import Method, QueryFeatures
 from tracer.methods.tracin import _gather
 
+# Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/README).
+DEFAULT_DAMPING = 0.1
+
 
 def trak_query_transform(xtx: np.ndarray, phi_q: np.ndarray, damping: float) -> np.ndarray:
     """``(X^T X + lambda I)^{-1} phi_q`` with ``lambda = damping * trace(X^T X) / k``."""
@@ -31,7 +34,7 @@ class Trak(Method):
     needs = ("grads",)
     description = "TRAK: phi(q)^T (Phi^T Phi + lambda I)^-1 phi(z) * (1 - p(z)), mean over checkpoints"
 
-    def __init__(self, store, damping: float = 0.01, **params):  # type: ignore[no-untyped-def]
+    def __init__(self, store, damping: float = DEFAULT_DAMPING, **params):  # type: ignore[no-untyped-def]
         super().__init__(store, **params)
         if not damping > 0:
             raise ValueError(f"trak damping must be > 0, got {damping}")
