@@ -213,6 +213,22 @@ class Tracer:
                          policy=policy, tail_patch=tail_patch, **kwargs)
         return evaluate(self, queries, cfg, on_progress=on_progress, deadline=deadline)
 
+    def warm(self) -> None:
+        """Load everything lazily loaded (checkpoints, FAISS, BM25), so the first query is fast.
+
+        Raises:
+            IndexMismatchError: The checkpoints on disk are not the ones the index was built from.
+        """
+        if self.store.has("gradients") or self.store.has("embeddings"):
+            _ = self.encoder
+        for m in self.available_methods():
+            self.method(m)
+        if self.store.has("bm25"):
+            self.store.bm25()
+        for which, stage in (("gradient", "gradient_faiss"), ("embedding", "embeddings")):
+            if self.store.has(stage):
+                self.store.faiss(which)
+
     def close(self) -> None:
         self._methods.clear()
         self._encoder = None

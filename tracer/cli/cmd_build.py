@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing index")
     p.add_argument("--max-docs", type=int, help="index only the first N documents")
     g = p.add_argument_group("features")
-    g.add_argument("--k-in", type=int, default=32)
-    g.add_argument("--k-out", type=int, default=32)
-    g.add_argument("--projection", default="gaussian", help="gaussian | rademacher | identity")
+    g.add_argument("--k-in", type=int, default=64, help="input-side projection per linear layer")
+    g.add_argument("--k-out", type=int, default=64, help="output-side projection per linear layer")
+    g.add_argument("--projection", default="orthogonal", help="orthogonal | gaussian | rademacher | identity")
     g.add_argument("--layers", default="*attn*,*mlp*", help="comma-separated fnmatch patterns of linear modules")
     g.add_argument("--dtype", default="float16", help="float16 | float32")
     g.add_argument("--batch-size", type=int, default=32)
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("stages")
     for name in ("gradients", "influence", "trak", "embeddings", "bm25"):
         s.add_argument(f"--no-{name}", action="store_true", help=f"skip {name}")
-    s.add_argument("--faiss-factory", default="Flat", help="FAISS factory string for gradient search")
+    s.add_argument("--faiss-factory", default="SQfp16", help="FAISS factory string for gradient search "
+                   "(default SQfp16: exact inner products over the fp16 features; Flat, IVF1024,PQ64, HNSW32...)")
     s.add_argument("--trak-dim", type=int, default=1024)
     s.add_argument("--shard-size", type=int, default=256)
     p.set_defaults(func=run)

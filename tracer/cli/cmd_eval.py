@@ -108,6 +108,6 @@ def _remote(args: argparse.Namespace, queries: list[Any], kw: dict[str, Any], pr
 
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     with TracerClient(args.server, token=token, timeout=args.timeout) as client:
-        report = client.evaluate(args.index, queries, on_progress=progress, **kw)
+        report = client.evaluate(queries, index=args.index, on_progress=progress, **kw)
     report["settings"]["slice"] = args.slice
     return report

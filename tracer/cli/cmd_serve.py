@@ -62,7 +62,9 @@ def _open_index(path: Path, verify: bool) -> Any:
     """Open one index (replaced by tests with a fake)."""
     from tracer.tracer import Tracer
 
-    return Tracer.open(path, verify=verify)
+    tracer = Tracer.open(path, verify=verify)
+    tracer.warm()  # models and indexes loaded before health turns SERVING
+    return tracer
 
 
 def _indexes(dirs: list[Path], verify: bool) -> Iterator[tuple[str, Any]]:

@@ -7,6 +7,8 @@ from typing import Any
 
 from tracer.featurize.layout import default_layer_patterns
 
+PROJECTIONS = ("gaussian", "rademacher", "orthogonal", "identity")
+
 
 @dataclass(frozen=True)
 class FeaturizeConfig:
@@ -22,9 +24,10 @@ class FeaturizeConfig:
     include_biases: bool = field(default=True, metadata={"help": "exact bias gradients of tracked linears"})
     include_norms: bool = field(default=True, metadata={"help": "exact LayerNorm/RMSNorm gradients"})
     # --- projection ---
-    k_in: int = field(default=32, metadata={"help": "input-side projection width (<=0: identity)"})
-    k_out: int = field(default=32, metadata={"help": "output-side projection width (<=0: identity)"})
-    projection: str = field(default="gaussian", metadata={"help": "gaussian | rademacher | identity"})
+    k_in: int = field(default=64, metadata={"help": "input-side projection width (<=0: identity)"})
+    k_out: int = field(default=64, metadata={"help": "output-side projection width (<=0: identity)"})
+    projection: str = field(default="orthogonal",
+                            metadata={"help": "orthogonal | gaussian | rademacher | identity"})
     seed: int = field(default=0, metadata={"help": "projection seed"})
     # --- loss ---
     loss_reduction: str = field(default="sum", metadata={"help": "sum | mean over target tokens"})
@@ -39,8 +42,9 @@ class FeaturizeConfig:
     dtype: str = field(default="float16", metadata={"help": "stored feature dtype: float16 | float32"})
 
     def __post_init__(self) -> None:
-        if self.projection not in ("gaussian", "rademacher", "identity"):
-            raise ValueError(f"FeaturizeConfig.projection must be gaussian|rademacher|identity, got {self.projection!r}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"FeaturizeConfig.projection must be one of {'|'.join(PROJECTIONS)}, "
+                             f"got {self.projection!r}")
         if self.projection == "identity" and (self.k_in > 0 or self.k_out > 0):
             raise ValueError("FeaturizeConfig: identity projection needs k_in <= 0 and k_out <= 0")
         if self.projection != "identity" and (self.k_in <= 0 or self.k_out <= 0):

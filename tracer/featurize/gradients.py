@@ -80,7 +80,7 @@ class GradientFeaturizer:
             View name -> ``(B, dim)`` float32 features, and ``(B,)`` float32 per-example losses.
         """
         n = batch["input_ids"].shape[0]
-        out = {v: torch.zeros(n, self.dim) for v in self.views}
+        out = {v: torch.empty(n, self.dim) for v in self.views}  # every column is written by a hook
         mask = batch["attention_mask"].unsqueeze(-1).float()
         with self._hooks(out, mask), _frozen(self.model):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -108,11 +108,11 @@ class GradientFeaturizer:
 
         def forward_hook(mod: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach()
-            if blocks[0].kind in (NORM_WEIGHT, NORM_BIAS):
-                x = _normalized(module, x)
-            x = x * mask  # padding positions contribute nothing
-            xs = {v: _proj(x, view.p_in.get(name)) if blocks[0].kind == LINEAR else x
-                  for v, view in self.views.items()}
+            if blocks[0].kind == LINEAR:  # project first, then mask: k_in columns instead of d_in
+                xs = {v: _proj(x, view.p_in.get(name)) * mask for v, view in self.views.items()}
+            else:
+                xhat = _normalized(module, x) * mask  # padding positions contribute nothing
+                xs = {v: xhat for v in self.views}
             output.register_hook(lambda g: self._write(name, blocks, xs, g, out))
 
         return forward_hook
@@ -137,9 +137,7 @@ def _normalized(module: Any, x: torch.Tensor) -> torch.Tensor:
     """``xhat`` of a LayerNorm / RMSNorm input: the factor multiplying the norm's weight."""
     x = x.float()
     if isinstance(module, torch.nn.LayerNorm):
-        mu = x.mean(-1, keepdim=True)
-        var = x.var(-1, keepdim=True, unbiased=False)
-        return (x - mu) * torch.rsqrt(var + module.eps)
+        return torch.nn.functional.layer_norm(x, module.normalized_shape, eps=module.eps)
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 

@@ -52,7 +52,9 @@ class IndexConfig:
     bm25: bool = field(default=True, metadata={"help": "bm25s lexical index"})
     # --- parameters ---
     trak_dim: int = field(default=1024, metadata={"help": "TRAK sketch width per checkpoint"})
-    faiss_factory: str = field(default="Flat", metadata={"help": "FAISS factory string for gradient search"})
+    influence_block_dim: int = field(default=1024, metadata={"help": "wider influence blocks are sketched to this"})
+    faiss_factory: str = field(default="SQfp16", metadata={
+        "help": "FAISS factory string for gradient search (SQfp16: exact over the fp16 features)"})
     faiss_train_size: int = field(default=20000, metadata={"help": "training sample for approximate FAISS"})
     shard_size: int = field(default=256, metadata={"help": "examples per resumable shard"})
     seed: int = field(default=0, metadata={"help": "seed of TRAK sketch and FAISS training sample"})
@@ -61,8 +63,8 @@ class IndexConfig:
         if self.shard_size < 1 or self.shard_size % self.featurize.batch_size:
             raise ValueError(f"IndexConfig.shard_size ({self.shard_size}) must be a positive multiple of "
                              f"featurize.batch_size ({self.featurize.batch_size})")
-        if self.trak_dim < 1:
-            raise ValueError("IndexConfig.trak_dim must be >= 1")
+        if self.trak_dim < 1 or self.influence_block_dim < 1:
+            raise ValueError("IndexConfig.trak_dim and influence_block_dim must be >= 1")
         if (self.influence or self.trak) and not self.gradients:
             raise ValueError("IndexConfig: influence and trak need gradients=True")
 

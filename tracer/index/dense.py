@@ -19,7 +19,7 @@ def _faiss():  # type: ignore[no-untyped-def]
 
 
 def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "Flat",
-                train_sample: np.ndarray | None = None) -> object:
+                train_sample: Callable[[], np.ndarray] | None = None) -> object:
     """An inner-product FAISS index filled from ``chunks()`` (an iterable of float32 row blocks).
 
     Args:
@@ -27,7 +27,7 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
         n: Number of vectors (for logging/validation).
         chunks: Callable returning an iterator of ``(m, dim)`` float32 arrays, in row order.
         factory: FAISS factory string (``Flat``, ``IVF1024,PQ64``, ``HNSW32``...).
-        train_sample: Vectors to train an approximate index on (required unless ``Flat``).
+        train_sample: Returns vectors to train an index on; called only if the index needs training.
 
     Raises:
         ValueError: For a bad factory string or a missing training sample.
@@ -40,7 +40,7 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
     if not index.is_trained:
         if train_sample is None:
             raise ValueError(f"FAISS index {factory!r} needs training vectors")
-        index.train(np.ascontiguousarray(train_sample, dtype=np.float32))
+        index.train(np.ascontiguousarray(train_sample(), dtype=np.float32))
     for block in chunks():  # type: ignore[attr-defined]
         index.add(np.ascontiguousarray(block, dtype=np.float32))
     if index.ntotal != n:

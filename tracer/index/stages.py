@@ -4,7 +4,8 @@
   so an inner product is exactly TracIn-CP (Pruthi et al. 2020);
 * the per-block projected empirical Fisher ``F_b = 1/N sum_z g_b(z) g_b(z)^T`` of the final
   checkpoint for influence functions (Koh & Liang 2017; block-diagonal as in EK-FAC,
-  Grosse et al. 2023, but on projected gradients);
+  Grosse et al. 2023, but on projected gradients); blocks wider than ``influence_block_dim``
+  are JL-sketched first, so every solve is at most that wide;
 * TRAK (Park et al. 2023): a seeded dense JL sketch ``Phi_c = G_c S`` per checkpoint and
   its Gram ``Phi_c^T Phi_c``;
 * embeddings: mean-pooled final hidden states of the final checkpoint.
@@ -42,24 +43,39 @@ def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
         for lo in range(0, n, CHUNK):
             yield tracin_rows(mats, lrs, lo, min(n, lo + CHUNK))
 
-    sample = None
-    if ctx.cfg.faiss_factory != "Flat":
+    def sample() -> np.ndarray:
         rng = np.random.default_rng(ctx.cfg.seed)
         rows = np.sort(rng.choice(n, size=min(n, ctx.cfg.faiss_train_size), replace=False))
-        sample = np.concatenate([tracin_rows(mats, lrs, r, r + 1) for r in rows])
+        return np.concatenate([np.sqrt(lr) * np.asarray(m[rows], dtype=np.float32) for m, lr in zip(mats, lrs)], 1)
+
     index = build_faiss(dim, n, chunks, ctx.cfg.faiss_factory, sample)
     write_faiss(index, ctx.root / F.GRADIENT_FAISS)
     return {"dim": dim, "factory": ctx.cfg.faiss_factory, "space": "tracin: [sqrt(lr_c) * raw_c]"}
 
 
-def block_fisher(mat: np.ndarray, layout: list[dict[str, Any]]) -> list[np.ndarray]:
-    """Per-block ``1/N sum_z g_b g_b^T`` of a ``(N, dim)`` feature matrix, float64, streamed."""
+def influence_sketch(size: int, dim: int, block: int, seed: int) -> np.ndarray | None:
+    """The seeded ``(size, dim)`` JL sketch of an influence block, or ``None`` when ``size <= dim``.
+
+    Blocks wider than ``dim`` get their Fisher in a sketched space, so the per-block solve stays
+    ``dim x dim`` whatever the projection width.
+    """
+    if size <= dim:
+        return None
+    g = torch.Generator().manual_seed(20_011 + 7919 * block + seed)
+    return (torch.randn(size, dim, generator=g, dtype=torch.float64) / dim**0.5).numpy()
+
+
+def block_fisher(mat: np.ndarray, layout: list[dict[str, Any]], sketches: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Per-block ``1/N sum_z s_b s_b^T`` with ``s_b = g_b S_b`` (or ``g_b``), float64, streamed."""
     n = mat.shape[0]
-    acc = [np.zeros((b["size"], b["size"])) for b in layout]
+    acc = [np.zeros((b["size"], b["size"]) if s is None else (s.shape[1], s.shape[1]))
+           for b, s in zip(layout, sketches)]
     for lo in range(0, n, CHUNK):
         x = torch.from_numpy(np.asarray(mat[lo:lo + CHUNK], dtype=np.float64))
-        for j, b in enumerate(layout):
+        for j, (b, sk) in enumerate(zip(layout, sketches)):
             xb = x[:, b["offset"]:b["offset"] + b["size"]]
+            if sk is not None:
+                xb = xb @ torch.from_numpy(sk)
             acc[j] += (xb.T @ xb).numpy()
     return [a / n for a in acc]
 
@@ -67,12 +83,14 @@ def block_fisher(mat: np.ndarray, layout: list[dict[str, Any]]) -> list[np.ndarr
 def build_influence_stage(ctx: Any) -> dict[str, Any]:
     layout = _layout(ctx)
     last = len(ctx.checkpoints) - 1
-    fishers = block_fisher(_features(ctx, RAW, last), layout)
+    dim = ctx.cfg.influence_block_dim
+    sketches = [influence_sketch(b["size"], dim, j, ctx.cfg.seed) for j, b in enumerate(layout)]
+    fishers = block_fisher(_features(ctx, RAW, last), layout, sketches)
     (ctx.root / F.INFLUENCE_DIR).mkdir(exist_ok=True)
     for j, fb in enumerate(fishers):
         np.save(ctx.root / F.fisher_file(j), fb.astype(np.float32))
     return {"checkpoint": last, "n_blocks": len(fishers), "kind": "empirical Fisher of projected gradients",
-            "blocks": "one per layout block"}
+            "blocks": "one per layout block", "block_dim": dim, "seed": ctx.cfg.seed}
 
 
 def trak_sketch(dim: int, trak_dim: int, seed: int) -> np.ndarray:

@@ -3,8 +3,10 @@
 ``score(q, z) = g(q)^T (F + lambda I)^{-1} g(z)`` at the final checkpoint, where ``F`` is
 the empirical Fisher of the projected gradients over the corpus, block-diagonal per
 parameter group (as EK-FAC, Grosse et al. 2023, but exact within each projected block).
-``lambda_b = damping * mean eigenvalue of F_b`` per block. Only the query is transformed,
-so corpus features are used as stored and the score stays an inner product.
+``lambda_b = damping * mean eigenvalue of F_b`` per block. Blocks wider than the index's
+``influence_block_dim`` are JL-sketched (``s = g S``) before the Fisher is formed, and the
+query becomes ``S (S^T F S + lambda I)^{-1} S^T g(q)``. Only the query is transformed, so
+corpus features are used as stored and the score stays an inner product.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from tracer.featurize.views import RAW
+from tracer.index.stages import influence_sketch
 from tracer.methods.base import Method, QueryFeatures
 from tracer.methods.tracin import _gather
 
@@ -41,6 +44,7 @@ class Influence(Method):
             raise ValueError(f"influence damping must be > 0, got {damping}")
         self.damping = damping
         self._inv: list[np.ndarray] | None = None
+        self._sketches: dict[tuple[str, int], np.ndarray | None] = {}
 
     def transformed_query(self, q: QueryFeatures) -> np.ndarray:
         key = f"influence:{self.damping}"
@@ -49,11 +53,22 @@ class Influence(Method):
                 self._inv = damped_inverse_blocks(self.store.fishers(), self.damping)
             g = q.grads[RAW][-1].astype(np.float64)
             out = np.empty_like(g)
-            for b, inv in zip(self.store.layout, self._inv):
+            for j, (b, inv) in enumerate(zip(self.store.layout, self._inv)):
                 sl = slice(b["offset"], b["offset"] + b["size"])
-                out[sl] = inv @ g[sl]
+                sk = self._sketch(j, b["size"])
+                # sketched block: S (S^T F S + lambda I)^{-1} S^T g, still an inner product with g(z)
+                out[sl] = inv @ g[sl] if sk is None else sk @ (inv @ (sk.T @ g[sl]))
             q.cache[key] = out
         return q.cache[key]
+
+    def _sketch(self, block: int, size: int) -> np.ndarray | None:
+        info = self.store.stages["influence"]
+        if "block_dim" not in info:
+            return None
+        key = ("sketch", block)
+        if key not in self._sketches:
+            self._sketches[key] = influence_sketch(size, info["block_dim"], block, info["seed"])
+        return self._sketches[key]
 
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
         last = len(self.store.checkpoints) - 1
