@@ -104,6 +104,7 @@ def _rank_all(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
             for m in cfg.methods:
                 scores, top = tracer.rank(qf, m, source, k, cfg.num_candidates, rows)
                 runs[m][q.query_id] = [(store.doc_ids[int(r)], float(sc)) for sc, r in zip(scores, top)]
+            qf.cache.clear()  # gathered candidate rows are large; keep memory flat across queries
         done += len(batch)
         if on_progress:
             on_progress(done, len(queries), "rank")

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from tracer.errors import TracerError
 
 METHODS = ("bm25", "embedding", "tracin", "tracin_cos", "influence", "trak", "random")
+NUM_CANDIDATES = 50  # per source (bm25, embedding, gradient), unioned; keeps the demo within its 6-minute budget
 
 
 class StageError(TracerError):
@@ -154,7 +155,7 @@ def _evaluate(client: Any, index: str, queries: list[Any], out: Path, tail_patch
             bar.reset(total=total)
         bar.update(done - bar.n)
 
-    report = client.evaluate(queries, methods=list(METHODS), candidates="union", num_candidates=100,
+    report = client.evaluate(queries, methods=list(METHODS), candidates="union", num_candidates=NUM_CANDIDATES,
                              tail_patch=True, tail_patch_max_queries=tail_patch_queries, on_progress=progress,
                              index=index, timeout=1800)
     bar.close()

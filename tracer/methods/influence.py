@@ -16,7 +16,7 @@ import numpy as np
 from tracer.featurize.views import RAW
 from tracer.index.stages import influence_sketch
 from tracer.methods.base import Method, QueryFeatures
-from tracer.methods.tracin import _gather
+from tracer.methods.tracin import gathered
 
 # Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/README).
 DEFAULT_DAMPING = 0.001
@@ -72,5 +72,6 @@ class Influence(Method):
 
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
         last = len(self.store.checkpoints) - 1
-        x = _gather(self.store.features(RAW, last), rows).astype(np.float64)
-        return x @ self.transformed_query(q)
+        x = gathered(self.store, q, RAW, last, rows)
+        # float64: with small damping the transformed query is large and the dot product cancels
+        return x.astype(np.float64) @ self.transformed_query(q)

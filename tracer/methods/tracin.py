@@ -16,11 +16,24 @@ from tracer.methods.base import Method, QueryFeatures
 
 
 def _gather(mat: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows of a memmap as float32 (sorted access is faster on memmaps)."""
+    """Rows of a memmap as float32 (read in sorted order; torch converts fp16 ~2x faster than numpy)."""
+    import torch
+
     order = np.argsort(rows, kind="stable")
-    out = np.empty((len(rows), mat.shape[1]), dtype=np.float32)
-    out[order] = mat[rows[order]]
-    return out
+    block = np.ascontiguousarray(mat[rows[order]])
+    out = torch.from_numpy(block).float().numpy() if block.dtype == np.float16 else block.astype(np.float32)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return out[inverse] if not np.array_equal(order, np.arange(len(order))) else out
+
+
+def gathered(store: object, q: QueryFeatures, view: str, ckpt: int, rows: np.ndarray) -> np.ndarray:
+    """Rows of a feature matrix as float32, cached on the query so methods sharing rows read them once."""
+    key = ("rows", view, ckpt, len(rows), hash(rows.tobytes()))
+    if key not in q.cache:
+        q.cache = {k: v for k, v in q.cache.items() if not (k[0] == "rows" and k[3:] != key[3:])}
+        q.cache[key] = _gather(store.features(view, ckpt), rows)  # type: ignore[attr-defined]
+    return q.cache[key]
 
 
 class TracIn(Method):
@@ -32,7 +45,7 @@ class TracIn(Method):
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
         total = np.zeros(len(rows))
         for ci, ck in enumerate(self.store.checkpoints):
-            total += ck["lr"] * (_gather(self.store.features(RAW, ci), rows) @ q.grads[RAW][ci]).astype(np.float64)
+            total += ck["lr"] * (gathered(self.store, q, RAW, ci, rows) @ q.grads[RAW][ci]).astype(np.float64)
         return total
 
 
@@ -50,8 +63,9 @@ class TracInCosine(Method):
         total = np.zeros(len(rows))
         n_ckpt = len(self.store.checkpoints)
         for ci in range(n_ckpt):
-            x = _gather(self.store.features(view, ci), rows).astype(np.float64)
-            qv = q.grads[view][ci].astype(np.float64)
-            qn = qv / max(np.linalg.norm(qv), 1e-30)
-            total += (x @ qn) / np.maximum(np.linalg.norm(x, axis=1), 1e-30)
+            x = gathered(self.store, q, view, ci, rows)
+            qv = q.grads[view][ci]
+            qn = qv / max(float(np.linalg.norm(qv.astype(np.float64))), 1e-30)
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+            total += (x @ qn.astype(np.float32)).astype(np.float64) / np.maximum(norms, 1e-30)
         return total / n_ckpt

@@ -21,11 +21,11 @@ from tracer.methods.tracin import _gather
 DEFAULT_DAMPING = 0.1
 
 
-def trak_query_transform(xtx: np.ndarray, phi_q: np.ndarray, damping: float) -> np.ndarray:
-    """``(X^T X + lambda I)^{-1} phi_q`` with ``lambda = damping * trace(X^T X) / k``."""
+def damped_inverse(xtx: np.ndarray, damping: float) -> np.ndarray:
+    """``(X^T X + lambda I)^{-1}`` with ``lambda = damping * trace(X^T X) / k``, float64."""
     k = len(xtx)
     lam = damping * max(np.trace(xtx) / k, 1e-30)
-    return np.linalg.solve(xtx + lam * np.eye(k), phi_q)
+    return np.linalg.inv(xtx + lam * np.eye(k))
 
 
 class Trak(Method):
@@ -40,6 +40,7 @@ class Trak(Method):
             raise ValueError(f"trak damping must be > 0, got {damping}")
         self.damping = damping
         self._sketch: np.ndarray | None = None
+        self._inv: dict[int, np.ndarray] = {}
 
     def _query(self, q: QueryFeatures, ci: int) -> np.ndarray:
         key = f"trak:{self.damping}:{ci}"
@@ -48,8 +49,10 @@ class Trak(Method):
             if self._sketch is None:
                 seed = self.store.manifest["config"]["seed"]
                 self._sketch = trak_sketch(len(q.grads[RAW][ci]), feats.shape[1], seed)
+            if ci not in self._inv:
+                self._inv[ci] = damped_inverse(xtx, self.damping)
             phi_q = q.grads[RAW][ci].astype(np.float32) @ self._sketch
-            q.cache[key] = trak_query_transform(xtx, phi_q.astype(np.float64), self.damping)
+            q.cache[key] = self._inv[ci] @ phi_q.astype(np.float64)
         return q.cache[key]
 
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
@@ -59,5 +62,5 @@ class Trak(Method):
             feats, _ = self.store.trak_features(ci)
             qt = self._query(q, ci)
             one_minus_p = 1.0 - np.exp(-np.asarray(self.store.losses(ci))[rows].astype(np.float64))
-            total += (_gather(feats, rows).astype(np.float64) @ qt) * one_minus_p
+            total += (_gather(feats, rows) @ qt.astype(np.float32)).astype(np.float64) * one_minus_p
         return total / n_ckpt
