@@ -139,7 +139,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="examples timed")
     ap.add_argument("--n-fidelity", type=int, default=500, help="documents in the fidelity check")
     ap.add_argument("--n-queries", type=int, default=20)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions; the best of each is kept")
     ap.add_argument("--dense-k", type=int, default=512)
     ap.add_argument("--checkpoints", default="all", help="'all' or 'last'")
     ap.add_argument("--json", action="store_true")

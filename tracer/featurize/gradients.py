@@ -128,7 +128,7 @@ class GradientFeaturizer:
                     dproj = _proj(delta, view.p_out.get(name))
                     out[v][:, sl] = torch.bmm(dproj.transpose(1, 2), xs[v]).reshape(delta.shape[0], -1)
                     continue
-                g = (delta * xs[v]).sum(1) if b.kind == NORM_WEIGHT else bias_grad
+                g = torch.einsum("btd,btd->bd", delta, xs[v]) if b.kind == NORM_WEIGHT else bias_grad
                 s = view.scale.get((name, b.kind))
                 out[v][:, sl] = g if s is None else g * s
 
