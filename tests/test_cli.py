@@ -27,10 +27,10 @@ def test_synth_train_build_info_query_eval(tmp_path, capsys, monkeypatch):
     res = json.loads(capsys.readouterr().out)
     assert len(res["hits"]) == 3 and res["method"] == "tracin"
     assert main(["eval", "--index", "idx", "--queries", "bench/queries.jsonl", "--slice", "all",
-                 "--methods", "bm25,tracin,random", "--max-queries", "8", "--tail-patch",
+                 "--methods", "bm25,tracin,random", "--fuse", "bm25+tracin", "--max-queries", "8", "--tail-patch",
                  "--tail-patch-queries", "2", "--out", "report"]) == 0
     table = capsys.readouterr().out
-    assert "| bm25 |" in table and "| tracin |" in table and "tail_patch" in table
+    assert "| bm25 |" in table and "| tracin |" in table and "tail_patch" in table and "rrf(bm25+tracin)" in table
     for f in ("metrics.json", "report.md", "report.html", "chart.png", "qrels.txt", "runs/tracin.trec"):
         assert (tmp_path / "report" / f).is_file(), f
 

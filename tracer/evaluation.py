@@ -46,6 +46,8 @@ class EvalConfig:
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples"})
     seed: int = field(default=0, metadata={"help": "seed of random candidates and bootstrap"})
     batch_size: int = field(default=32, metadata={"help": "queries featurized together"})
+    fusions: tuple[str, ...] = field(default=(), metadata={
+        "help": "reciprocal-rank fusions to add, each 'm1+m2' over methods in `methods`"})
     tail_patch: bool = field(default=False, metadata={"help": "run the tail-patch causal check"})
     tail_patch_k: int = field(default=3, metadata={"help": "top examples stepped on per query and method"})
     tail_patch_lr: float = field(default=1e-2, metadata={"help": "SGD step size of the tail-patch"})
@@ -59,6 +61,15 @@ class EvalConfig:
             raise InvalidRequestError("methods must name at least one method")
         if self.num_candidates < 1 or not self.ks or min(self.ks) < 1:
             raise InvalidRequestError("num_candidates and every k must be >= 1")
+        for fusion in self.fusions:
+            parts = fusion.split("+")
+            if len(parts) < 2 or any(p not in self.methods for p in parts):
+                raise InvalidRequestError(f"fusion {fusion!r} must join 2+ of the evaluated methods with '+'")
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        """Methods plus fusions (named ``rrf(m1+m2)``), in report order."""
+        return tuple(self.methods) + tuple(f"rrf({f})" for f in self.fusions)
 
 
 @dataclass
@@ -108,7 +119,23 @@ def _rank_all(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
         done += len(batch)
         if on_progress:
             on_progress(done, len(queries), "rank")
+    for fusion in cfg.fusions:
+        runs[f"rrf({fusion})"] = _fuse([runs[m] for m in fusion.split("+")], k)
     return runs
+
+
+def _fuse(method_runs: list[dict[str, list[tuple[str, float]]]], k: int) -> dict[str, list[tuple[str, float]]]:
+    """Reciprocal-rank fusion (Cormack et al. 2009) of per-method runs, query by query."""
+    from tracer.retrieval import reciprocal_rank_fusion
+
+    fused: dict[str, list[tuple[str, float]]] = {}
+    for qid in method_runs[0]:
+        ids = sorted({d for r in method_runs for d, _ in r[qid]})
+        index = {d: i for i, d in enumerate(ids)}
+        rankings = [np.array([index[d] for d, _ in r[qid]], dtype=np.int64) for r in method_runs]
+        scores, rows = reciprocal_rank_fusion(rankings)
+        fused[qid] = [(ids[int(r)], float(s)) for s, r in zip(scores[:k], rows[:k])]
+    return fused
 
 
 def evaluate(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
@@ -132,7 +159,7 @@ def run_evaluation(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
     qrels = {q.query_id: set(q.proponents) for q in queries}
     groups = {q.query_id: q.relation or "?" for q in queries}
     methods: dict[str, Any] = {}
-    for m in cfg.methods:
+    for m in cfg.run_names:
         per_query = evaluate_run({qid: [d for d, _ in r] for qid, r in runs[m].items()}, qrels, cfg.ks)
         methods[m] = {"candidates": _label(cfg), **aggregate(per_query, groups, n_boot=cfg.n_boot, seed=cfg.seed)}
     if cfg.tail_patch:
@@ -165,9 +192,9 @@ def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, di
     model = load_model(store.checkpoints[cfg.tail_patch_checkpoint]["path"], attn_implementation="eager")
     max_len = tracer.encoder.cfg.max_length if tracer.encoder.cfg else 128
     subset = list(queries)[: cfg.tail_patch_max_queries]
-    per_method: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.methods}
+    per_method: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.run_names}
     for i, q in enumerate(subset):
-        tops = {m: [d for d, _ in runs[m][q.query_id][: cfg.tail_patch_k]] for m in cfg.methods}
+        tops = {m: [d for d, _ in runs[m][q.query_id][: cfg.tail_patch_k]] for m in cfg.run_names}
         uniq = sorted({d for ds in tops.values() for d in ds})
         docs = store.documents(uniq)
         deltas = dict(zip(uniq, tail_patch_deltas(model, tok, encode_example(tok, q.prompt, q.target, max_len),
@@ -176,5 +203,5 @@ def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, di
             per_method[m][q.query_id] = {"tail_patch": float(np.mean([deltas[d] for d in ds]))}
         if on_progress:
             on_progress(i + 1, len(subset), "tail_patch")
-    for m in cfg.methods:
+    for m in cfg.run_names:
         methods[m]["tail_patch"] = agg(per_method[m], n_boot=cfg.n_boot, seed=cfg.seed)["all"]["tail_patch"]

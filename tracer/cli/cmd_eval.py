@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, help="index directory (or index name with --server)")
     p.add_argument("--queries", required=True, help="queries.jsonl with proponents")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument("--fuse", action="append", default=[], help="add a reciprocal-rank fusion, e.g. bm25+tracin_cos "
+                   "(repeatable; in-process only)")
     p.add_argument("--candidates", default="bm25", help="bm25 | embedding | gradient | union | full")
     p.add_argument("--num-candidates", type=int, default=100)
     p.add_argument("--policy", default="candidates", help="candidates | ftrace | full")
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
               tail_patch=args.tail_patch, tail_patch_max_queries=args.tail_patch_queries)
     out = Path(args.out)
     if args.server:
+        if args.fuse:
+            raise DataError("--fuse is computed in-process; run without --server")
         report = _remote(args, queries, kw, progress)
     else:
         report = _local(args, queries, kw, progress, out)
@@ -94,7 +98,7 @@ def _local(args: argparse.Namespace, queries: list[Any], kw: dict[str, Any], pro
     from tracer.tracer import Tracer
 
     tracer = Tracer.open(args.index)
-    res = run_evaluation(tracer, queries, EvalConfig(**kw), on_progress=progress)
+    res = run_evaluation(tracer, queries, EvalConfig(**kw, fusions=tuple(args.fuse)), on_progress=progress)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for m, run_ in res.runs.items():
         write_run(out / "runs" / f"{m}.trec", run_, tag=f"tracer-{m}")
