@@ -164,3 +164,8 @@ def test_manifest_records_what_rebuilds_the_index(tiny_index):
     assert m["corpus"]["n_documents"] > 0 and len(m["corpus"]["fingerprint"]) == 64
     assert set(m["stages"]) == {"gradients", "gradient_faiss", "influence", "trak", "embeddings", "bm25"}
     assert all("sha256" in f for f in m["files"].values())
+
+
+def test_shard_size_does_not_change_the_index(tmp_path, tiny_bench, tiny_run, tiny_index):
+    build_tiny_index(tmp_path / "s", tiny_bench, tiny_run, shard_size=32)
+    assert _arrays(tmp_path / "s") == _arrays(tiny_index)

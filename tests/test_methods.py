@@ -219,3 +219,19 @@ def test_method_without_its_features_is_not_ready(tmp_path, tiny_bench, tiny_run
         t.trace("x", " y", method="tracin")
     with pytest.raises(IndexNotReadyError, match="candidates='gradient'"):
         t.trace("x", " y", method="bm25", candidates="gradient")
+
+
+def test_evaluation_does_not_depend_on_query_order(tiny_index, tiny_bench):
+    from tracer.evaluation import EvalConfig, run_evaluation
+
+    t = Tracer.open(tiny_index)
+    qs = list(tiny_bench.queries[:12])
+    cfg = EvalConfig(methods=("bm25", "tracin", "random"), policy="ftrace", n_boot=50, batch_size=5)
+    a = run_evaluation(t, qs, cfg)
+    b = run_evaluation(t, qs[::-1], cfg)
+    for m in cfg.methods:  # queries are featurized in different batches: scores equal to float error
+        for qid, ranked in a.runs[m].items():
+            other = b.runs[m][qid]
+            assert [d for d, _ in ranked[:10]] == [d for d, _ in other[:10]], (m, qid)
+            np.testing.assert_allclose([s for _, s in ranked], [s for _, s in other], rtol=1e-4, atol=1e-6)
+    assert a.report["methods"]["bm25"] == b.report["methods"]["bm25"]

@@ -13,6 +13,7 @@ Metrics per method: MRR, recall@k, success@k, precision@k, nDCG@10, per relation
 from __future__ import annotations
 
 import logging
+import zlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -106,7 +107,7 @@ def _rank_all(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
         batch = queries[s:s + cfg.batch_size]
         feats = tracer.features([(q.prompt, q.target) for q in batch], cfg.methods, source)
         for q, qf in zip(batch, feats):
-            rng = np.random.default_rng([cfg.seed, abs(hash(q.query_id)) % (1 << 31)])
+            rng = np.random.default_rng([cfg.seed, zlib.crc32(q.query_id.encode())])  # stable across processes
             rows = None
             if cfg.policy == "ftrace":
                 rows = _ftrace_rows(tracer, q, qf, texts, rng)
