@@ -64,3 +64,21 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
             assert server.wait(timeout=30) == 0
     assert (tmp_path / "runs/demo/eval-remote/report.html").is_file()
     assert re.search(r"\| tracin \|", (tmp_path / "runs/demo/eval/report.md").read_text())
+
+
+def _python_block(heading: str) -> str:
+    section = README.read_text().split(heading, 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_readme_python_api_runs(tiny_index, tiny_bench, tmp_path):
+    from tracer.corpus import write_jsonl
+
+    queries = tmp_path / "queries.jsonl"
+    write_jsonl(queries, [q.to_dict() for q in tiny_bench.queries])
+    code = _python_block("## Python API")
+    code = code.replace("runs/demo/index", str(tiny_index)).replace("runs/demo/bench/queries.jsonl", str(queries))
+    code = code.replace('"D000001"', f'"{tiny_bench.documents[1].doc_id}"')
+    scope: dict = {}
+    exec(compile(code, "README.md#python-api", "exec"), scope)  # noqa: S102 - our own README
+    assert len(scope["res"].hits) == 5 and "tracin_cos" in scope["report"]["methods"]
