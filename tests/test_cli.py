@@ -54,3 +54,35 @@ def test_unreadable_corpus_is_named(tmp_path, capsys, monkeypatch, tiny_run):
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "text": "ok"}\nnot json\n')
     assert main(["build", "--corpus", "bad.jsonl", "--model", str(tiny_run), "--out", "x"]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_bad_build_flags_are_named_before_any_work(tmp_path, capsys, monkeypatch, tiny_run, tiny_bench):
+    from tracer.corpus import write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "c.jsonl", [{"id": d.doc_id, "text": d.text} for d in tiny_bench.documents[:20]])
+    base = ["build", "--corpus", "c.jsonl", "--model", str(tiny_run), "--out", "x"]
+    for extra, message in ((["--faiss-factory", "Bogus9"], "bad FAISS factory string 'Bogus9'"),
+                           (["--dtype", "bf16"], "FeaturizeConfig.dtype"),
+                           (["--batch-size", "48"], "multiple of featurize.batch_size"),
+                           (["--layers", "nothing*"], "no linear layer of the model matches")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_replaces_an_index(tmp_path, capsys, monkeypatch, tiny_run, tiny_bench):
+    from tracer.corpus import write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "c.jsonl", [{"id": f"dok-é{i}", "text": d.text} for i, d in enumerate(tiny_bench.documents[:20])])
+    args = ["build", "--corpus", "c.jsonl", "--model", str(tiny_run), "--out", "x", "--no-trak", "--no-influence"]
+    assert main(args) == 0
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert main(["info", "x", "--verify"]) == 0
+    assert not (tmp_path / "x.old").exists() and not (tmp_path / "x.partial").exists()
+    from tracer import Tracer
+
+    assert Tracer.open(tmp_path / "x").get_documents(["dok-é3"])[0].doc_id == "dok-é3"

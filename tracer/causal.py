@@ -1,7 +1,8 @@
 """Tail-patch (Chang et al. 2024, TrackStar): does training on a retrieved example raise the fact?
 
 For a query ``(prompt, target)`` and a training example ``z``: take ONE SGD step on ``z``'s
-loss from the final checkpoint, ``theta' = theta - lr * grad L(z)``, and measure
+loss from a checkpoint (tracer's benchmark uses the *first* one, where the learned slice's
+facts are not yet known; TrackStar used the final one), ``theta' = theta - lr * grad L(z)``, and measure
 ``log p_theta'(target | prompt) - log p_theta(target | prompt)``. A retrieval method whose
 top examples raise the target's log-probability more is finding causally supportive
 examples — the check retrieval metrics alone miss. All candidate steps for one query

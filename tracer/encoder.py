@@ -46,7 +46,10 @@ class QueryEncoder:
                 if weights_fingerprint(d) != c["fingerprint"]:
                     raise IndexMismatchError(f"model weights at {d} differ from the checkpoint index "
                                              f"{store.name!r} was built from (fingerprint mismatch)")
-        self.tokenizer = load_tokenizer(store.manifest.get("tokenizer") or dirs[-1])
+        recorded_tok = store.manifest.get("tokenizer")
+        # models moved since the build (checkpoint_dirs given): the tokenizer travels with them
+        self.tokenizer = load_tokenizer(recorded_tok if recorded_tok and Path(recorded_tok).is_dir() else dirs[-1])
+        self.dirs = dirs
         self.cfg = FeaturizeConfig.from_dict(store.manifest["featurize"]) if store.manifest.get("featurize") \
             else None
         views = store.manifest.get("views", [])
@@ -72,7 +75,8 @@ class QueryEncoder:
                     q.losses.append(float(losses[i]))
         if need_embedding and self.store.has("embeddings"):
             model = self._final_model or self._load_final()
-            emb = embed_texts(model, self.tokenizer, [p + t for p, t in pairs])
+            emb = embed_texts(model, self.tokenizer, [p + t for p, t in pairs],
+                              max_length=self.cfg.max_length if self.cfg else 128)
             for i, q in enumerate(out):
                 q.embedding = emb[i]
         return out
@@ -80,7 +84,7 @@ class QueryEncoder:
     def _load_final(self):  # type: ignore[no-untyped-def]
         from tracer.model.loading import load_model
 
-        self._final_model = load_model(self.store.checkpoints[-1]["path"])
+        self._final_model = load_model(self.dirs[-1])
         return self._final_model
 
 

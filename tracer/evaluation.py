@@ -155,6 +155,8 @@ def run_evaluation(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
         raise InvalidRequestError("no query has ground-truth proponents; nothing to evaluate")
     for m in cfg.methods:
         tracer.method(m)  # fail fast on unknown / unavailable methods
+    if cfg.policy == "candidates":
+        tracer.check_candidates(cfg.candidates)
     t0 = time.perf_counter()
     runs = _rank_all(tracer, queries, cfg, on_progress, deadline)
     qrels = {q.query_id: set(q.proponents) for q in queries}

@@ -69,10 +69,12 @@ def candidate_rows(store: IndexStore, q: QueryFeatures, source: str, n: int) -> 
         s = BM25(store).score(q, np.arange(store.n_documents))
         return np.sort(top_k(s, np.arange(store.n_documents), n)[1])
     if source == "embedding":
-        assert q.embedding is not None
+        store.require("embeddings", "candidates='embedding'")
+        assert q.embedding is not None  # computed by Tracer.features whenever the index has embeddings
         _, rows = search(store.faiss("embedding"), q.embedding[None], min(n, store.n_documents))
         return np.sort(rows[0][rows[0] >= 0])
     if source == "gradient":
+        store.require("gradient_faiss", "candidates='gradient'")
         _, rows = search(store.faiss("gradient"), tracin_query_vector(store, q)[None], min(n, store.n_documents))
         return np.sort(rows[0][rows[0] >= 0])
     if source == "union":

@@ -114,16 +114,20 @@ class Tracer:
         if not prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string")
         method_class(method)
+        self.check_candidates(candidates)
+        if k < 1:
+            raise InvalidRequestError(f"k must be >= 1, got {k}")
+        if num_candidates < 1:
+            raise InvalidRequestError(f"num_candidates must be >= 1, got {num_candidates}")
+
+    def check_candidates(self, candidates: str) -> None:
+        """``InvalidRequestError`` for an unknown source, ``IndexNotReadyError`` for one not built."""
         if candidates not in CANDIDATE_SOURCES:
             raise InvalidRequestError(f"unknown candidates source {candidates!r}; expected one of "
                                       f"{', '.join(CANDIDATE_SOURCES)}")
         if candidates in _SOURCE_STAGE and not self.store.has(_SOURCE_STAGE[candidates]):
             raise IndexNotReadyError(f"index {self.name!r} was built without {_SOURCE_STAGE[candidates]!r}, "
                                      f"which candidates={candidates!r} needs")
-        if k < 1:
-            raise InvalidRequestError(f"k must be >= 1, got {k}")
-        if num_candidates < 1:
-            raise InvalidRequestError(f"num_candidates must be >= 1, got {num_candidates}")
 
     def features(self, pairs: Sequence[tuple[str, str]], methods: Sequence[str],
                  candidates: str = "bm25") -> list[QueryFeatures]:
@@ -230,5 +234,7 @@ class Tracer:
                 self.store.faiss(which)
 
     def close(self) -> None:
+        """Release models, memory maps and indexes (the object reloads them if used again)."""
         self._methods.clear()
         self._encoder = None
+        self.store.clear_caches()

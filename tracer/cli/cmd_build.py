@@ -56,13 +56,21 @@ def resolve_checkpoints(model: str | None, checkpoints: list[str], lrs: list[flo
 
 def run(args: argparse.Namespace) -> int:
     from tracer.corpus import load_corpus
-    from tracer.featurize.config import FeaturizeConfig
-    from tracer.index.build import IndexConfig, build_index
 
     cks = resolve_checkpoints(args.model, args.checkpoint, args.lr)
     docs = load_corpus(args.corpus)
     if args.max_docs:
         docs = docs[: args.max_docs]
+    try:
+        return _build(args, cks, docs)
+    except (FileExistsError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+
+
+def _build(args: argparse.Namespace, cks: list, docs: list) -> int:
+    from tracer.featurize.config import FeaturizeConfig
+    from tracer.index.build import IndexConfig, build_index
+
     ident = args.projection == "identity"
     fcfg = FeaturizeConfig(layers=tuple(x for x in args.layers.split(",") if x), k_in=0 if ident else args.k_in,
                            k_out=0 if ident else args.k_out, projection=args.projection, seed=args.seed,
@@ -73,11 +81,8 @@ def run(args: argparse.Namespace) -> int:
                       embeddings=not args.no_embeddings, bm25=not args.no_bm25, faiss_factory=args.faiss_factory,
                       trak_dim=args.trak_dim, shard_size=args.shard_size, seed=args.seed)
     tok_dir = Path(args.model) / "tokenizer" if args.model and (Path(args.model) / "tokenizer").is_dir() else None
-    try:
-        m = build_index(docs, cks, args.out, cfg, tokenizer_path=tok_dir, overwrite=args.overwrite,
-                        corpus_path=str(Path(args.corpus).resolve()))
-    except FileExistsError as exc:
-        raise DataError(str(exc)) from None
+    m = build_index(docs, cks, args.out, cfg, tokenizer_path=tok_dir, overwrite=args.overwrite,
+                    corpus_path=str(Path(args.corpus).resolve()))
     size = sum(f["size"] for f in m["files"].values())
     print(f"build: {len(docs)} documents, {len(cks)} checkpoints -> {args.out} "
           f"({size / 1e6:.1f} MB, {size / len(docs):.0f} bytes/example)")

@@ -91,10 +91,13 @@ def _build(work: Path, bench: Path, run_dir: Path) -> Path:
 @contextlib.contextmanager
 def _server(index: Path) -> Iterator[str]:
     cmd = [sys.executable, "-m", "tracer", "serve", "--index", str(index), "--host", "127.0.0.1", "--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    log_path = index.parent / "server.log"  # the server's request log (a pipe nobody reads would fill up)
+    log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        address = _wait_for_address(proc)
+        address = _wait_for_address(proc, log_path)
+        print(f"   server log: {log_path}")
         yield address
     finally:
         if proc.poll() is None:
@@ -104,16 +107,17 @@ def _server(index: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log.close()
         print(f"   server stopped (exit code {proc.returncode})", flush=True)
 
 
-def _wait_for_address(proc: subprocess.Popen) -> str:
+def _wait_for_address(proc: subprocess.Popen, log_path: Path) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
+            err = log_path.read_text(encoding="utf-8", errors="replace")
             raise StageError(f"tracer serve exited with code {proc.returncode}: {err.strip()[-2000:]}")
         if "serving on" in line:
             return line.strip().rsplit(" ", 1)[-1]

@@ -40,10 +40,16 @@ def select_queries(queries: list[Any], slice_: str, report_path: Path | None, ma
     if slice_ not in ("learned", "all"):
         raise DataError(f"--slice must be learned or all, got {slice_!r}")
     if slice_ == "learned":
-        if report_path is None or not report_path.is_file():
-            raise DataError(f"the learned slice needs a train_report.json (not found: {report_path}); "
+        if report_path is None:
+            raise DataError("could not locate a train_report.json for the learned slice; "
                             "pass --train-report or --slice all")
-        learned = set(json.loads(report_path.read_text())["learned_query_ids"])
+        if not report_path.is_file():
+            raise DataError(f"the learned slice needs {report_path}, which does not exist; "
+                            "pass --train-report or --slice all")
+        try:
+            learned = set(json.loads(report_path.read_text())["learned_query_ids"])
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{report_path} is not a tracer train report ({type(exc).__name__}: {exc})") from None
         queries = [q for q in queries if q.query_id in learned]
         if not queries:
             raise DataError(f"the learned slice of {report_path} is empty (no query is right at the last "
@@ -52,9 +58,11 @@ def select_queries(queries: list[Any], slice_: str, report_path: Path | None, ma
 
 
 def default_train_report(index_dir: str) -> Path | None:
+    from tracer.index.manifest import read_manifest
+
     manifest = Path(index_dir) / "manifest.json"
     if not manifest.is_file():
-        return None
+        read_manifest(Path(index_dir))  # raises the precise error: no index directory / not an index
     ck = json.loads(manifest.read_text())["checkpoints"]
     return Path(ck[-1]["path"]).parent / "train_report.json" if ck else None
 

@@ -112,6 +112,10 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
     out = Path(out)
     if not docs:
         raise ValueError("cannot build an index over an empty corpus")
+    if cfg.gradients:
+        from tracer.index.dense import check_factory
+
+        check_factory(cfg.faiss_factory)  # fail before hours of featurizing, not after
     if not checkpoints:
         raise ValueError("at least one checkpoint is needed")
     if out.exists() and not overwrite:
@@ -136,12 +140,17 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
             stage_info[name], timings[name] = _run_stage(ctx, name, fn)
     manifest = _manifest(ctx, views, stage_info, timings, corpus_path)
     manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+    # Manifest first (it skips the build-state files), then drop the state, then swap in:
+    # a crash at any point leaves either a resumable partial or a complete index, never a half one.
+    manifest = write_manifest(part, manifest, skip=(F.BUILD_STATE, F.BUILD_CONFIG))
     shutil.rmtree(part / F.BUILD_STATE)
     (part / F.BUILD_CONFIG).unlink()
-    manifest = write_manifest(part, manifest)
+    old = out.with_name(out.name + ".old")
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)
     part.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
     log.info("index written to %s (%d documents)", out, len(docs))
     return manifest
 
@@ -164,7 +173,9 @@ def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[
     """Create or reuse ``<out>.partial``; a partial build of a different config is discarded."""
     part = out.with_name(out.name + ".partial")
     want = {"config": cfg.to_dict(), "corpus": corpus_fingerprint(docs),
-            "checkpoints": [str(c.path.resolve()) for c in checkpoints]}
+            "loss_split": _split_fingerprint(docs),
+            "checkpoints": [{"path": str(c.path.resolve()), "lr": c.lr, "step": c.step,
+                             "weights": weights_fingerprint(c.path)} for c in checkpoints]}
     if part.exists():
         try:
             have = json.loads((part / F.BUILD_CONFIG).read_text())
@@ -181,6 +192,16 @@ def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[
     return part
 
 
+def _split_fingerprint(docs: Sequence[Document]) -> str:
+    """Hash of the (prompt, target) split, which decides the loss mask (ids and texts are in the corpus hash)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(json.dumps([d.prompt, d.target]).encode())
+    return h.hexdigest()
+
+
 def _write_documents(root: Path, docs: Sequence[Document]) -> None:
     offsets = [0]
     with open(root / F.DOCUMENTS, "wb") as fh:
@@ -189,7 +210,7 @@ def _write_documents(root: Path, docs: Sequence[Document]) -> None:
             fh.write(line)
             offsets.append(offsets[-1] + len(line))
     np.save(root / F.DOC_OFFSETS, np.asarray(offsets, dtype=np.int64))
-    (root / F.DOC_IDS).write_text("".join(d.doc_id + "\n" for d in docs))
+    (root / F.DOC_IDS).write_text("".join(d.doc_id + "\n" for d in docs), encoding="utf-8")
 
 
 def _run_stage(ctx: _BuildContext, name: str, fn: Callable[[_BuildContext], dict[str, Any]]) -> tuple[Any, float]:

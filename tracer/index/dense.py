@@ -18,6 +18,15 @@ def _faiss():  # type: ignore[no-untyped-def]
     return faiss
 
 
+def check_factory(factory: str) -> None:
+    """Raise ``ValueError`` naming a FAISS factory string FAISS cannot parse."""
+    faiss = _faiss()
+    try:
+        faiss.index_factory(64, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"bad FAISS factory string {factory!r}: {str(exc).strip().splitlines()[-1]}") from exc
+
+
 def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "Flat",
                 train_sample: Callable[[], np.ndarray] | None = None) -> object:
     """An inner-product FAISS index filled from ``chunks()`` (an iterable of float32 row blocks).
@@ -40,7 +49,10 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
     if not index.is_trained:
         if train_sample is None:
             raise ValueError(f"FAISS index {factory!r} needs training vectors")
-        index.train(np.ascontiguousarray(train_sample(), dtype=np.float32))
+        try:
+            index.train(np.ascontiguousarray(train_sample(), dtype=np.float32))
+        except RuntimeError as exc:
+            raise ValueError(f"training FAISS index {factory!r} failed (too few vectors?): {exc}") from exc
     for block in chunks():  # type: ignore[attr-defined]
         index.add(np.ascontiguousarray(block, dtype=np.float32))
     if index.ntotal != n:

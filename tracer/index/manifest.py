@@ -19,11 +19,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_table(root: Path) -> dict[str, dict[str, Any]]:
-    """``relpath -> {size, sha256}`` for every file under ``root`` except the manifest."""
+def file_table(root: Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """``relpath -> {size, sha256}`` for every file under ``root`` except the manifest and ``skip`` (top-level names)."""
     table = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        rel = p.relative_to(root)
+        if p.is_file() and p.name != MANIFEST and rel.parts[0] not in skip:
             table[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return table
 
@@ -40,8 +41,8 @@ def _self_checksum(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    manifest = dict(manifest, files=file_table(root))
+def write_manifest(root: Path, manifest: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    manifest = dict(manifest, files=file_table(root, skip))
     manifest["fingerprint"] = fingerprint(manifest)
     manifest["manifest_sha256"] = _self_checksum(manifest)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

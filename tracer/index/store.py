@@ -24,12 +24,24 @@ class IndexStore:
     def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
         self.root = root
         self.manifest = manifest
-        self.doc_ids: list[str] = (root / F.DOC_IDS).read_text().splitlines()
+        self.doc_ids: list[str] = (root / F.DOC_IDS).read_text(encoding="utf-8").split("\n")[:-1]
         self.row_of: dict[str, int] = {d: i for i, d in enumerate(self.doc_ids)}
         n = manifest["corpus"]["n_documents"]
         if len(self.doc_ids) != n:
             raise IndexCorruptError(f"{root}: {F.DOC_IDS} lists {len(self.doc_ids)} ids, manifest says {n}")
         self._offsets = np.load(root / F.DOC_OFFSETS)
+        self._cached_methods: list[Any] = []
+        # Per-instance caches (memmaps, FAISS, BM25 loaded once per store, freed by clear_caches).
+        for name, size in (("features", 64), ("losses", 16), ("fishers", 1), ("trak_features", 16),
+                           ("embeddings", 1), ("faiss", 2), ("bm25", 1)):
+            cached = functools.lru_cache(maxsize=size)(getattr(self, f"_{name}"))
+            setattr(self, name, cached)
+            self._cached_methods.append(cached)
+
+    def clear_caches(self) -> None:
+        """Drop every loaded array, FAISS index and BM25 index (they reload on next use)."""
+        for cached in self._cached_methods:
+            cached.cache_clear()
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = False) -> IndexStore:
@@ -88,8 +100,7 @@ class IndexStore:
         return [self.document(int(r)) for r in self.rows(doc_ids)]
 
     # --- arrays (memory-mapped on first use) ---
-    @functools.lru_cache(maxsize=64)
-    def features(self, view: str, ckpt: int) -> np.ndarray:
+    def _features(self, view: str, ckpt: int) -> np.ndarray:
         """``(n_docs, dim)`` float16 gradient features of one view and checkpoint (memmap)."""
         self.require("gradients", "gradient features")
         if view not in self.manifest.get("views", []):
@@ -97,29 +108,24 @@ class IndexStore:
                                      f"(built: {self.manifest.get('views')})")
         return np.load(self.root / F.feature_file(view, ckpt), mmap_mode="r")
 
-    @functools.lru_cache(maxsize=16)
-    def losses(self, ckpt: int) -> np.ndarray:
+    def _losses(self, ckpt: int) -> np.ndarray:
         return np.load(self.root / F.loss_file(ckpt), mmap_mode="r")
 
-    @functools.lru_cache(maxsize=1)
-    def fishers(self) -> list[np.ndarray]:
+    def _fishers(self) -> list[np.ndarray]:
         self.require("influence", "influence")
         n = self.stages["influence"]["n_blocks"]
         return [np.load(self.root / F.fisher_file(j)) for j in range(n)]
 
-    @functools.lru_cache(maxsize=16)
-    def trak_features(self, ckpt: int) -> tuple[np.ndarray, np.ndarray]:
+    def _trak_features(self, ckpt: int) -> tuple[np.ndarray, np.ndarray]:
         self.require("trak", "trak")
         return (np.load(self.root / F.trak_file(ckpt), mmap_mode="r"),
                 np.load(self.root / F.trak_xtx_file(ckpt)))
 
-    @functools.lru_cache(maxsize=1)
-    def embeddings(self) -> np.ndarray:
+    def _embeddings(self) -> np.ndarray:
         self.require("embeddings", "embedding")
         return np.load(self.root / F.EMBEDDINGS, mmap_mode="r")
 
-    @functools.lru_cache(maxsize=2)
-    def faiss(self, which: str) -> Any:
+    def _faiss(self, which: str) -> Any:
         from tracer.index.dense import read_faiss
 
         stage, fname = {"gradient": ("gradient_faiss", F.GRADIENT_FAISS),
@@ -127,8 +133,7 @@ class IndexStore:
         self.require(stage, f"{which} search")
         return read_faiss(self.root / fname)
 
-    @functools.lru_cache(maxsize=1)
-    def bm25(self) -> Any:
+    def _bm25(self) -> Any:
         from tracer.index.lexical import BM25Index
 
         self.require("bm25", "bm25")
