@@ -192,7 +192,7 @@ def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, di
     from tracer.model.tokenization import encode_example
 
     store, tok = tracer.store, tracer.encoder.tokenizer
-    model = load_model(store.checkpoints[cfg.tail_patch_checkpoint]["path"], attn_implementation="eager")
+    model = load_model(tracer.encoder.dirs[cfg.tail_patch_checkpoint], attn_implementation="eager")  # honours moved models
     max_len = tracer.encoder.cfg.max_length if tracer.encoder.cfg else 128
     subset = list(queries)[: cfg.tail_patch_max_queries]
     per_method: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.run_names}
