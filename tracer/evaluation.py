@@ -187,7 +187,6 @@ def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, di
                     on_progress: Callable[[int, int, str], None] | None) -> None:
     from tracer.causal import tail_patch_deltas
     from tracer.featurize.checkpoint import encode_documents
-    from tracer.metrics.bootstrap import aggregate as agg
     from tracer.model.loading import load_model
     from tracer.model.tokenization import encode_example
 
@@ -207,4 +206,4 @@ def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, di
         if on_progress:
             on_progress(i + 1, len(subset), "tail_patch")
     for m in cfg.run_names:
-        methods[m]["tail_patch"] = agg(per_method[m], n_boot=cfg.n_boot, seed=cfg.seed)["all"]["tail_patch"]
+        methods[m]["tail_patch"] = aggregate(per_method[m], n_boot=cfg.n_boot, seed=cfg.seed)["all"]["tail_patch"]

@@ -19,6 +19,7 @@ from tracer.methods.base import QueryFeatures
 from tracer.methods.registry import CANDIDATE_SOURCES
 
 BLOCK = 8192  # rows scored per block in full-corpus scans
+SOURCE_STAGE = {"bm25": "bm25", "embedding": "embeddings", "gradient": "gradient_faiss"}  # source -> index stage
 
 
 def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +79,7 @@ def candidate_rows(store: IndexStore, q: QueryFeatures, source: str, n: int) -> 
         _, rows = search(store.faiss("gradient"), tracin_query_vector(store, q)[None], min(n, store.n_documents))
         return np.sort(rows[0][rows[0] >= 0])
     if source == "union":
-        parts = [candidate_rows(store, q, s, n) for s in ("bm25", "embedding", "gradient")
-                 if store.has({"bm25": "bm25", "embedding": "embeddings", "gradient": "gradient_faiss"}[s])]
+        parts = [candidate_rows(store, q, s, n) for s in SOURCE_STAGE if store.has(SOURCE_STAGE[s])]
         return np.unique(np.concatenate(parts)) if parts else np.arange(0, dtype=np.int64)
     raise InvalidRequestError(f"unknown candidates source {source!r}; expected one of {', '.join(CANDIDATE_SOURCES)}")
 

@@ -18,11 +18,10 @@ from tracer.errors import DeadlineExceededError, IndexNotReadyError, InvalidRequ
 from tracer.index.store import IndexStore
 from tracer.methods.base import Method, QueryFeatures
 from tracer.methods.registry import CANDIDATE_SOURCES, METHODS, create_method, method_class
-from tracer.retrieval import candidate_rows, scan_full, top_k
+from tracer.retrieval import SOURCE_STAGE, candidate_rows, scan_full, top_k
 from tracer.types import Document, Hit, Query, TraceResult
 
 TEXT_PREVIEW = 300  # characters of document text returned with a hit
-_SOURCE_STAGE = {"bm25": "bm25", "embedding": "embeddings", "gradient": "gradient_faiss"}
 
 
 def _check_deadline(deadline: float | None, stage: str) -> None:
@@ -77,7 +76,7 @@ class Tracer:
         return [m for m in METHODS if all(self.store.has(s) for s in method_class(m).requires)]
 
     def available_candidates(self) -> list[str]:
-        return [s for s in CANDIDATE_SOURCES if s in ("full", "union") or self.store.has(_SOURCE_STAGE[s])]
+        return [s for s in CANDIDATE_SOURCES if s in ("full", "union") or self.store.has(SOURCE_STAGE[s])]
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary of the index."""
@@ -125,8 +124,8 @@ class Tracer:
         if candidates not in CANDIDATE_SOURCES:
             raise InvalidRequestError(f"unknown candidates source {candidates!r}; expected one of "
                                       f"{', '.join(CANDIDATE_SOURCES)}")
-        if candidates in _SOURCE_STAGE and not self.store.has(_SOURCE_STAGE[candidates]):
-            raise IndexNotReadyError(f"index {self.name!r} was built without {_SOURCE_STAGE[candidates]!r}, "
+        if candidates in SOURCE_STAGE and not self.store.has(SOURCE_STAGE[candidates]):
+            raise IndexNotReadyError(f"index {self.name!r} was built without {SOURCE_STAGE[candidates]!r}, "
                                      f"which candidates={candidates!r} needs")
 
     def features(self, pairs: Sequence[tuple[str, str]], methods: Sequence[str],

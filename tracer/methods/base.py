@@ -35,6 +35,19 @@ class QueryFeatures:
     cache: dict[str, Any] = field(default_factory=dict)
 
 
+def damped_inverse(mat: np.ndarray, damping: float) -> np.ndarray:
+    """``(M + lambda I)^{-1}`` with ``lambda = damping * mean eigenvalue of M`` (= trace / k), float64.
+
+    Raises:
+        ValueError: If ``damping <= 0``.
+    """
+    if not damping > 0:
+        raise ValueError(f"damping must be > 0, got {damping}")
+    m = np.asarray(mat, dtype=np.float64)
+    lam = damping * max(np.trace(m) / len(m), 1e-30)
+    return np.linalg.inv(m + lam * np.eye(len(m)))
+
+
 class Method(abc.ABC):
     """An attribution or retrieval score over corpus rows."""
 

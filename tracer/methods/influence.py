@@ -15,21 +15,11 @@ import numpy as np
 
 from tracer.featurize.views import RAW
 from tracer.index.stages import influence_sketch
-from tracer.methods.base import Method, QueryFeatures
+from tracer.methods.base import Method, QueryFeatures, damped_inverse
 from tracer.methods.tracin import gathered
 
 # Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/README).
 DEFAULT_DAMPING = 0.001
-
-
-def damped_inverse_blocks(fishers: list[np.ndarray], damping: float) -> list[np.ndarray]:
-    """``(F_b + damping * mean_eig(F_b) I)^{-1}`` per block, float64."""
-    out = []
-    for f in fishers:
-        f = f.astype(np.float64)
-        lam = damping * max(np.trace(f) / len(f), 1e-30)
-        out.append(np.linalg.inv(f + lam * np.eye(len(f))))
-    return out
 
 
 class Influence(Method):
@@ -40,8 +30,7 @@ class Influence(Method):
 
     def __init__(self, store, damping: float = DEFAULT_DAMPING, **params):  # type: ignore[no-untyped-def]
         super().__init__(store, **params)
-        if not damping > 0:
-            raise ValueError(f"influence damping must be > 0, got {damping}")
+        damped_inverse(np.eye(1), damping)  # validates damping now, not at the first query
         self.damping = damping
         self._inv: list[np.ndarray] | None = None
         self._sketches: dict[tuple[str, int], np.ndarray | None] = {}
@@ -50,7 +39,7 @@ class Influence(Method):
         key = f"influence:{self.damping}"
         if key not in q.cache:
             if self._inv is None:
-                self._inv = damped_inverse_blocks(self.store.fishers(), self.damping)
+                self._inv = [damped_inverse(f, self.damping) for f in self.store.fishers()]
             g = q.grads[RAW][-1].astype(np.float64)
             out = np.empty_like(g)
             for j, (b, inv) in enumerate(zip(self.store.layout, self._inv)):

@@ -28,10 +28,12 @@ def _gather(mat: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def gathered(store: object, q: QueryFeatures, view: str, ckpt: int, rows: np.ndarray) -> np.ndarray:
-    """Rows of a feature matrix as float32, cached on the query so methods sharing rows read them once."""
+    """Rows of a feature matrix as float32, cached on the query so methods sharing rows read them once.
+
+    The cache lives as long as the ``QueryFeatures``; long loops (``evaluation``) clear it per query.
+    """
     key = ("rows", view, ckpt, len(rows), hash(rows.tobytes()))
     if key not in q.cache:
-        q.cache = {k: v for k, v in q.cache.items() if not (k[0] == "rows" and k[3:] != key[3:])}
         q.cache[key] = _gather(store.features(view, ckpt), rows)  # type: ignore[attr-defined]
     return q.cache[key]
 

@@ -14,18 +14,11 @@ import numpy as np
 
 from tracer.featurize.views import RAW
 from tracer.index.stages import trak_sketch
-from tracer.methods.base import Method, QueryFeatures
+from tracer.methods.base import Method, QueryFeatures, damped_inverse
 from tracer.methods.tracin import _gather
 
 # Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/README).
 DEFAULT_DAMPING = 0.1
-
-
-def damped_inverse(xtx: np.ndarray, damping: float) -> np.ndarray:
-    """``(X^T X + lambda I)^{-1}`` with ``lambda = damping * trace(X^T X) / k``, float64."""
-    k = len(xtx)
-    lam = damping * max(np.trace(xtx) / k, 1e-30)
-    return np.linalg.inv(xtx + lam * np.eye(k))
 
 
 class Trak(Method):
@@ -36,8 +29,7 @@ class Trak(Method):
 
     def __init__(self, store, damping: float = DEFAULT_DAMPING, **params):  # type: ignore[no-untyped-def]
         super().__init__(store, **params)
-        if not damping > 0:
-            raise ValueError(f"trak damping must be > 0, got {damping}")
+        damped_inverse(np.eye(1), damping)  # validates damping now, not at the first query
         self.damping = damping
         self._sketch: np.ndarray | None = None
         self._inv: dict[int, np.ndarray] = {}
