@@ -4,11 +4,16 @@ Prints JSON with, per checkpoint, ``examples_per_s`` (tracer's projected featuri
 ``fwd_bwd_examples_per_s`` (a plain training-style forward+backward computing every
 parameter gradient, no optimizer step, over the very same batches: the floor) and
 ``ratio_to_floor`` (tracer time / floor time; <= 1.0 means faster than the floor). Then
-fidelity at the default dimension against exact TracIn over the same tracked
-parameters (identity projection = exact per-example gradients): Spearman and top-10
-overlap, for the default Kronecker projection, for weights-only / biases+norms-only,
-and for a TRAK-style dense projection; and the factored Adam correction against the
-exact corrected-then-projected gradient.
+fidelity against exact TracIn over the same tracked parameters (identity projection =
+exact per-example gradients): Spearman and top-10 overlap, for the default features, for
+weights-only / biases+norms-only, and for a TRAK-style dense projection; and the factored
+Adam correction against the exact corrected-then-projected gradient.
+
+``budgets``: the bytes-per-example axis. For each budget (KB per example per checkpoint)
+and storage dtype, fidelity of the K-FAC eigenbasis with the energy-split budget against a
+uniform random orthogonal ``k x k`` projection (exact biases/norms when they fit) of the
+same size. int8 rows are quantised and dequantised exactly as the index stores them. The
+K-FAC fit (``fit_seconds``) is reported apart: it runs once per checkpoint per build.
 
     python eval/bench_featurize.py --run runs/demo/run --data runs/demo/bench --json
 """
@@ -53,8 +58,31 @@ def tracer_seconds(fz, batches) -> float:
     return time.perf_counter() - t0
 
 
-def speed(ck, tok, cfg, enc, reps: int) -> dict:
-    fz = CheckpointFeaturizer(ck, tok, cfg, ["raw"])
+def fit(ck, tok, cfg, enc_all, model=None):
+    """(factors, seconds) of the K-FAC fit over the seeded sample of ``enc_all``."""
+    from tracer.featurize.checkpoint import fit_checkpoint, fit_sample
+
+    rows = fit_sample(len(enc_all), cfg)
+    t0 = time.perf_counter()
+    factors = fit_checkpoint(ck, tok, cfg, [enc_all[int(r)] for r in rows], model=model)
+    return factors, time.perf_counter() - t0
+
+
+def kfac_featurizer(ck, tok, cfg, factors, model=None, views=("raw",)):
+    from tracer.featurize.budget import allocate
+    from tracer.featurize.layout import tracked_groups
+
+    model = model if model is not None else __import__("tracer.model.loading", fromlist=["x"]).load_model(ck.path)
+    widths = None
+    if cfg.budgeted:
+        groups = tracked_groups(model, cfg.layers, cfg.include_norms, cfg.include_biases)
+        widths, _ = allocate([factors], groups, cfg.dim, cfg.fit_floor, cfg.exact_share)
+    return CheckpointFeaturizer(ck, tok, cfg, list(views), model=model, factors=factors, widths=widths)
+
+
+def speed(ck, tok, cfg, enc, reps: int, enc_all) -> dict:
+    factors, fit_s = fit(ck, tok, cfg, enc_all) if cfg.projection == "kfac" else (None, 0.0)
+    fz = kfac_featurizer(ck, tok, cfg, factors) if factors else CheckpointFeaturizer(ck, tok, cfg, ["raw"])
     batches = [pad_batch(enc[s:s + cfg.batch_size], tok.pad_token_id) for s in range(0, len(enc), cfg.batch_size)]
     tracer_seconds(fz, batches[:2]), floor_seconds(fz.model, batches[:2])  # warm-up
     ours, floor = [], []
@@ -63,7 +91,8 @@ def speed(ck, tok, cfg, enc, reps: int) -> dict:
         ours.append(tracer_seconds(fz, batches))
     return {"checkpoint": ck.path.name, "examples": len(enc), "examples_per_s": round(len(enc) / min(ours), 1),
             "fwd_bwd_examples_per_s": round(len(enc) / min(floor), 1),
-            "ratio_to_floor": round(min(ours) / min(floor), 3), "feature_dim": fz.dim}
+            "ratio_to_floor": round(min(ours) / min(floor), 3), "feature_dim": fz.dim,
+            "fit_seconds": round(fit_s, 2), "fit_examples": min(len(enc_all), cfg.fit_docs)}
 
 
 def _agreement(exact: np.ndarray, approx: np.ndarray) -> dict:
@@ -81,16 +110,86 @@ def _mask(layout, kinds) -> np.ndarray:
     return m
 
 
-def fidelity(ck, tok, cfg, docs_enc, q_enc, dense_k: int) -> dict:
+def _stored(x: np.ndarray, layout, dtype: str) -> np.ndarray:
+    """Rows as the index stores and reads them back."""
+    from tracer.index.quant import block_bounds, dequantize, quantize
+
+    if dtype == "int8":
+        bounds = block_bounds([b.to_dict() for b in layout])
+        return dequantize(*quantize(x, bounds), bounds)
+    return x.astype(dtype).astype(np.float32)
+
+
+def _bytes(layout, dtype: str) -> int:
+    width = sum(b.size for b in layout)
+    return width + 4 * len(layout) if dtype == "int8" else width * np.dtype(dtype).itemsize
+
+
+def _uniform_k(model, cfg, dim: int) -> tuple[int, bool]:
+    """Largest uniform k (k x k per linear) fitting ``dim``, with exact biases/norms when they fit."""
+    from tracer.featurize.layout import tracked_groups
+
+    groups = tracked_groups(model, cfg.layers)
+    lin = [(di, do) for _, k, di, do in groups if k == LINEAR]
+    vec = sum(do for _, k, _, do in groups if k != LINEAR)
+
+    def size(k: int, vectors: bool) -> int:
+        return sum(min(k, di) * min(k, do) for di, do in lin) + (vec if vectors else 0)
+
+    for vectors in (True, False):
+        k = 0
+        while size(k + 1, vectors) <= dim and k < max(max(d) for d in lin):
+            k += 1
+        if k >= 1:
+            return k, vectors
+    return 1, False
+
+
+def budget_curve(ck, tok, docs_enc, q_enc, exact_scores, enc_all, budgets_kb, model) -> list[dict]:
+    rows = []
+    factors, fit_s = fit(ck, tok, FeaturizeConfig(), enc_all, model=model)
+    for kb in budgets_kb:
+        for dtype in ("int8", "float16"):
+            budget = int(kb * 1024)
+            n_groups = len(factors)
+            dim = budget - 4 * n_groups if dtype == "int8" else budget // 2
+            cfg = FeaturizeConfig(dim=dim, dtype=dtype)
+            fz = kfac_featurizer(ck, tok, cfg, factors, model=model)
+            d, q = fz.featurize(docs_enc)[0]["raw"], fz.featurize(q_enc)[0]["raw"]
+            d, q = _stored(d, fz.layout, dtype), _stored(q, fz.layout, dtype)
+            rows.append({"kb": kb, "dtype": dtype, "features": "kfac", "dim": fz.dim,
+                         "bytes": _bytes(fz.layout, dtype), **_agreement(exact_scores, q @ d.T)})
+            k, vectors = _uniform_k(model, cfg, dim if dtype != "int8" else budget - 4 * n_groups)
+            rcfg = FeaturizeConfig(projection="orthogonal", k_in=k, k_out=k, dtype=dtype, include_biases=vectors,
+                                   include_norms=vectors)
+            rz = CheckpointFeaturizer(ck, tok, rcfg, ["raw"], model=model)
+            d, q = rz.featurize(docs_enc)[0]["raw"], rz.featurize(q_enc)[0]["raw"]
+            d, q = _stored(d, rz.layout, dtype), _stored(q, rz.layout, dtype)
+            rows.append({"kb": kb, "dtype": dtype, "features": f"orthogonal {k}x{k}" + (" + exact b/n" if vectors
+                         else ""), "dim": rz.dim, "bytes": _bytes(rz.layout, dtype),
+                         **_agreement(exact_scores, q @ d.T)})
+    return [{"fit_seconds": round(fit_s, 2)}] + rows
+
+
+def fidelity(ck, tok, cfg, docs_enc, q_enc, dense_k: int, enc_all=None, budgets_kb=()) -> dict:
     from tracer.featurize.dense import DenseProjector
 
     exact_fz = CheckpointFeaturizer(ck, tok, FeaturizeConfig.exact(batch_size=8), ["raw"])
-    proj_fz = CheckpointFeaturizer(ck, tok, cfg, ["raw", "adam"], model=exact_fz.model)
+    if cfg.projection == "kfac":
+        factors, _ = fit(ck, tok, cfg, enc_all, model=exact_fz.model)
+        proj_fz = kfac_featurizer(ck, tok, cfg, factors, model=exact_fz.model, views=("raw", "adam"))
+    else:
+        proj_fz = CheckpointFeaturizer(ck, tok, cfg, ["raw", "adam"], model=exact_fz.model)
     ex_d, ex_q = exact_fz.featurize(docs_enc)[0]["raw"], exact_fz.featurize(q_enc)[0]["raw"]
     pr_d, pr_q = proj_fz.featurize(docs_enc)[0], proj_fz.featurize(q_enc)[0]
     exact_scores = ex_q.astype(np.float64) @ ex_d.T.astype(np.float64)
     out = {"n_docs": len(docs_enc), "n_queries": len(q_enc), "dim": proj_fz.dim, "exact_dim": exact_fz.dim,
            "kronecker": _agreement(exact_scores, pr_q["raw"] @ pr_d["raw"].T)}
+    sd, sq = _stored(pr_d["raw"], proj_fz.layout, cfg.dtype), _stored(pr_q["raw"], proj_fz.layout, cfg.dtype)
+    out["kronecker_as_stored"] = {"dtype": cfg.dtype, "bytes": _bytes(proj_fz.layout, cfg.dtype),
+                                  **_agreement(exact_scores, sq @ sd.T)}
+    if budgets_kb:
+        out["budgets"] = budget_curve(ck, tok, docs_enc, q_enc, exact_scores, enc_all, budgets_kb, exact_fz.model)
     w, rest = _mask(proj_fz.layout, {LINEAR}), _mask(proj_fz.layout, {BIAS, NORM_WEIGHT, NORM_BIAS})
     out["kronecker_weights_only"] = _agreement(exact_scores, pr_q["raw"][:, w] @ pr_d["raw"][:, w].T)
     out["exact_biases_norms_only"] = _agreement(exact_scores, pr_q["raw"][:, rest] @ pr_d["raw"][:, rest].T)
@@ -116,7 +215,9 @@ def _adam_fidelity(proj_fz, ex_d, ex_q, ad_d, ad_q) -> dict:
 
     def corrected(x: np.ndarray) -> np.ndarray:
         parts = []
-        for eb, pb in zip(el, proj_fz.layout):
+        exact_blocks = {(b.module, b.kind): b for b in el}
+        for pb in proj_fz.layout:
+            eb = exact_blocks[(pb.module, pb.kind)]
             g = torch.from_numpy(x[:, eb.offset:eb.offset + eb.size]).double()
             vv = v[param_name(eb)].double()
             if eb.kind == LINEAR:
@@ -125,6 +226,8 @@ def _adam_fidelity(proj_fz, ex_d, ex_q, ad_d, ad_q) -> dict:
                 g = raw.p_out[eb.module].double() @ g @ raw.p_in[eb.module].double().T
             else:
                 g = g / (vv.sqrt() + proj_fz.cfg.adam_eps)
+                p = raw.p_vec.get((pb.module, pb.kind))
+                g = g if p is None else g @ p.double().T
             parts.append(g.reshape(len(x), -1).numpy())
         return np.concatenate(parts, 1)
 
@@ -142,20 +245,25 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions; the best of each is kept")
     ap.add_argument("--dense-k", type=int, default=512)
     ap.add_argument("--checkpoints", default="all", help="'all' or 'last'")
+    ap.add_argument("--budgets", default="2,4,8,16", help="KB per example per checkpoint for the bytes axis ('' = skip)")
+    ap.add_argument("--projection", default="kfac", help="features timed and checked: kfac (default) or orthogonal")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     cks = load_checkpoints(args.run)
     cks = cks[-1:] if args.checkpoints == "last" else cks
     tok = load_tokenizer(cks[-1].path)
-    cfg = FeaturizeConfig()
+    cfg = FeaturizeConfig() if args.projection == "kfac" else FeaturizeConfig(projection=args.projection)
     docs = load_corpus(Path(args.data) / "corpus.jsonl")
-    enc = encode_documents(tok, (docs * (args.n // len(docs) + 1))[: args.n], cfg.max_length)
+    enc_all = encode_documents(tok, docs, cfg.max_length)
+    enc = (enc_all * (args.n // len(enc_all) + 1))[: args.n]
+    budgets = [float(b) for b in args.budgets.split(",") if b]
     queries = load_queries(Path(args.data) / "queries.jsonl")[: args.n_queries]
     result = {"config": cfg.to_dict(), "threads": torch.get_num_threads(),
-              "speed": [speed(ck, tok, cfg, enc, args.reps) for ck in cks],
+              "speed": [speed(ck, tok, cfg, enc, args.reps, enc_all) for ck in cks],
               "fidelity": fidelity(cks[-1], tok, cfg, enc[: args.n_fidelity],
-                                   [encode_example(tok, q.prompt, q.target) for q in queries], args.dense_k)}
+                                   [encode_example(tok, q.prompt, q.target) for q in queries], args.dense_k,
+                                   enc_all, budgets)}
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

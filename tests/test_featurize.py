@@ -41,7 +41,7 @@ def test_identity_projection_equals_exact_gradients(tiny_model, tiny_tokenizer, 
 
 
 def test_projected_features_equal_projected_exact_gradients(tiny_model, tiny_tokenizer, tiny_bench):
-    cfg = FeaturizeConfig(k_in=8, k_out=8)
+    cfg = FeaturizeConfig(k_in=8, k_out=8, projection="orthogonal")
     layout, view = _setup(tiny_model, cfg)
     batch = pad_batch(_examples(tiny_tokenizer, tiny_bench), tiny_tokenizer.pad_token_id)
     feats, _ = GradientFeaturizer(tiny_model, layout, {"raw": view}).featurize(batch)
@@ -49,7 +49,7 @@ def test_projected_features_equal_projected_exact_gradients(tiny_model, tiny_tok
 
 
 def test_batch_size_and_order_invariance(tiny_model, tiny_tokenizer, tiny_bench):
-    cfg = FeaturizeConfig(k_in=8, k_out=8)
+    cfg = FeaturizeConfig(k_in=8, k_out=8, projection="orthogonal")
     layout, view = _setup(tiny_model, cfg)
     fz = GradientFeaturizer(tiny_model, layout, {"raw": view})
     enc = _examples(tiny_tokenizer, tiny_bench)
@@ -114,7 +114,8 @@ def test_projection_inner_products_within_jl_bound(tiny_tokenizer, tiny_bench):
     for k in (4, 16):
         worst = []
         for seed in range(12):
-            cfg = FeaturizeConfig(k_in=k, k_out=k, seed=seed, include_biases=False, include_norms=False)
+            cfg = FeaturizeConfig(k_in=k, k_out=k, seed=seed, include_biases=False, include_norms=False,
+                                  projection="orthogonal")
             layout, view = _setup(model, cfg)
             gp = GradientFeaturizer(model, layout, {"raw": view}).featurize(batch)[0]["raw"].double()
             rel = ((gp @ gp.T) - true).abs() / torch.outer(norms, norms)

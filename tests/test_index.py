@@ -20,20 +20,32 @@ from tracer.index.dense import build_faiss, search
 from tracer.index.stages import tracin_rows
 
 
-def test_flat_faiss_equals_numpy_brute_force(tiny_index):
+def test_gradient_faiss_equals_numpy_brute_force_within_sq8_bound(tiny_index):
     store = IndexStore.open(tiny_index)
     mats = [store.features("raw", c) for c in range(len(store.checkpoints))]
     lrs = [c["lr"] for c in store.checkpoints]
-    x = tracin_rows(mats, lrs, 0, store.n_documents)
+    coords = store.gradient_coords()
+    assert coords.shape == (3, 256)  # default faiss_dim: the index holds 256 coordinates per checkpoint
+    x = tracin_rows(mats, lrs, 0, store.n_documents, coords)
     q = x[:5] * 0.5 + x[5:10]
     scores, rows = search(store.faiss("gradient"), q, 10)
     brute = q @ x.T
+    # default factory SQ8: each coordinate is rounded to 1/255 of its trained range, so a score
+    # is off by at most sum_j |q_j| * range_j / 510
+    span = x.max(0) - x.min(0)
     for i in range(5):
         expect = np.lexsort((np.arange(len(x)), -brute[i]))[:10]
-        # default factory SQfp16: exact inner products over fp16-rounded vectors
-        tol = 2e-3 * np.abs(brute[i]).max()
+        tol = 2 * float(np.abs(q[i]) @ span) / 510 + 1e-6
         np.testing.assert_allclose(scores[i], brute[i][expect], rtol=0, atol=tol)
         assert np.allclose(np.sort(brute[i][rows[i]]), np.sort(brute[i][expect]), rtol=0, atol=tol)
+
+
+def test_gradient_coords_are_the_top_energy_coordinates(tiny_index):
+    store = IndexStore.open(tiny_index)
+    coords = store.gradient_coords()
+    for c, ck in enumerate(store.checkpoints):
+        energy = ck["lr"] * store.moments("raw", c)
+        assert np.min(energy[coords[c]]) >= np.max(np.delete(energy, coords[c]))
 
 
 def test_approximate_faiss_recall_against_flat():
@@ -162,7 +174,8 @@ def test_manifest_records_what_rebuilds_the_index(tiny_index):
     assert m["loss"]["reduction"] == "sum" and len(m["checkpoints"]) == 3
     assert all(c["fingerprint"] and c["lr"] > 0 for c in m["checkpoints"])
     assert m["corpus"]["n_documents"] > 0 and len(m["corpus"]["fingerprint"]) == 64
-    assert set(m["stages"]) == {"gradients", "gradient_faiss", "influence", "trak", "embeddings", "bm25"}
+    assert set(m["stages"]) == {"fit", "gradients", "moments", "gradient_faiss", "influence", "trak", "embeddings",
+                                "bm25"}
     assert all("sha256" in f for f in m["files"].values())
 
 

@@ -53,8 +53,11 @@ class QueryEncoder:
         self.cfg = FeaturizeConfig.from_dict(store.manifest["featurize"]) if store.manifest.get("featurize") \
             else None
         views = store.manifest.get("views", [])
-        self.featurizers = [CheckpointFeaturizer(Checkpoint(d, c["lr"], c["step"]), self.tokenizer, self.cfg, views)
-                            for d, c in zip(dirs, recorded)] if self.cfg else []
+        kfac = store.has("fit")
+        widths = store.stages["fit"].get("widths") if kfac else None
+        self.featurizers = [CheckpointFeaturizer(Checkpoint(d, c["lr"], c["step"]), self.tokenizer, self.cfg, views,
+                                                 factors=store.kfac_factors(ci) if kfac else None, widths=widths)
+                            for ci, (d, c) in enumerate(zip(dirs, recorded))] if self.cfg else []
         self._final_model = self.featurizers[-1].model if self.featurizers else None
 
     def encode(self, prompt: str, target: str, need_grads: bool = True, need_embedding: bool = True) -> QueryFeatures:

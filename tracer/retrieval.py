@@ -47,8 +47,9 @@ def scan_full(score_fn: Callable[[np.ndarray], np.ndarray], n_rows: int, k: int,
 
 
 def tracin_query_vector(store: IndexStore, q: QueryFeatures) -> np.ndarray:
-    """The query in the gradient FAISS space ``[sqrt(lr_c) g_c(q)]`` (so <q, z> = TracIn)."""
-    return np.concatenate([np.sqrt(c["lr"]) * q.grads[RAW][i] for i, c in enumerate(store.checkpoints)])
+    """The query in the gradient FAISS space ``[sqrt(lr_c) g_c(q)[coords_c]]`` (<q, z> ~ TracIn)."""
+    coords = store.gradient_coords()
+    return np.concatenate([np.sqrt(c["lr"]) * q.grads[RAW][i][coords[i]] for i, c in enumerate(store.checkpoints)])
 
 
 def candidate_rows(store: IndexStore, q: QueryFeatures, source: str, n: int) -> np.ndarray:

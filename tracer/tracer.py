@@ -88,6 +88,8 @@ class Tracer:
             "featurize": m.get("featurize"), "views": m.get("views", []), "created": m.get("created"),
             "tracer_version": m.get("tracer_version"), "stages": sorted(m.get("stages", {})),
             "size_bytes": sum(f["size"] for f in m.get("files", {}).values()),
+            "bytes_per_example": self.store.bytes_per_example(),
+            "tracked": self.store.tracked_modules(),
             "build_seconds": m.get("build_seconds", {}),
         }
 

@@ -19,11 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing index")
     p.add_argument("--max-docs", type=int, help="index only the first N documents")
     g = p.add_argument_group("features")
-    g.add_argument("--k-in", type=int, default=64, help="input-side projection per linear layer")
-    g.add_argument("--k-out", type=int, default=64, help="output-side projection per linear layer")
-    g.add_argument("--projection", default="orthogonal", help="orthogonal | gaussian | rademacher | identity")
+    g.add_argument("--projection", default="kfac",
+                   help="kfac (default: top eigenvectors of the fitted K-FAC factors) | orthogonal | gaussian | "
+                        "rademacher | identity")
+    g.add_argument("--dim", type=int, default=None,
+                   help="kfac: coordinates per example per checkpoint, split across layers by eigen-energy "
+                        "(default 7680: <= 8 KB per example per checkpoint in int8; 0: a uniform --k-in x --k-out)")
+    g.add_argument("--k-in", type=int, default=64, help="input-side width per linear layer (random projections, "
+                   "or kfac with --dim 0)")
+    g.add_argument("--k-out", type=int, default=64, help="output-side width per linear layer (as --k-in)")
+    g.add_argument("--fit-docs", type=int, default=2048, help="kfac: documents in the seeded factor-fit sample")
     g.add_argument("--layers", default="*attn*,*mlp*", help="comma-separated fnmatch patterns of linear modules")
-    g.add_argument("--dtype", default="float16", help="float16 | float32")
+    g.add_argument("--dtype", default="int8", help="int8 (default, per-row scale per block) | float16 | float32")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--max-length", type=int, default=128)
     g.add_argument("--no-optimizer-correction", action="store_true")
@@ -31,8 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("stages")
     for name in ("gradients", "influence", "trak", "embeddings", "bm25"):
         s.add_argument(f"--no-{name}", action="store_true", help=f"skip {name}")
-    s.add_argument("--faiss-factory", default="SQfp16", help="FAISS factory string for gradient search "
-                   "(default SQfp16: exact inner products over the fp16 features; Flat, IVF1024,PQ64, HNSW32...)")
+    s.add_argument("--faiss-factory", default="SQ8", help="FAISS factory string for gradient candidate search "
+                   "(default SQ8; Flat, IVF1024,PQ64, HNSW32...); candidates are rescored exactly")
+    s.add_argument("--faiss-dim", type=int, default=256, help="coordinates per checkpoint in the gradient FAISS "
+                   "index, the top ones by lr * E[g^2] (0: all, a second full copy of the features)")
     s.add_argument("--trak-dim", type=int, default=1024)
     s.add_argument("--shard-size", type=int, default=256)
     p.set_defaults(func=run)
@@ -68,18 +77,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, cks: list, docs: list) -> int:
-    from tracer.featurize.config import FeaturizeConfig
+    from tracer.featurize.config import DEFAULT_DIM, FeaturizeConfig
     from tracer.index.build import IndexConfig, build_index
 
     ident = args.projection == "identity"
     fcfg = FeaturizeConfig(layers=tuple(x for x in args.layers.split(",") if x), k_in=0 if ident else args.k_in,
                            k_out=0 if ident else args.k_out, projection=args.projection, seed=args.seed,
+                           dim=(DEFAULT_DIM if args.dim is None else args.dim) if args.projection == "kfac" else 0,
+                           fit_docs=args.fit_docs,
                            dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length,
                            optimizer_correction=not args.no_optimizer_correction)
     cfg = IndexConfig(featurize=fcfg, gradients=not args.no_gradients, influence=not (args.no_influence or
                       args.no_gradients), trak=not (args.no_trak or args.no_gradients),
                       embeddings=not args.no_embeddings, bm25=not args.no_bm25, faiss_factory=args.faiss_factory,
-                      trak_dim=args.trak_dim, shard_size=args.shard_size, seed=args.seed)
+                      faiss_dim=args.faiss_dim, trak_dim=args.trak_dim, shard_size=args.shard_size, seed=args.seed)
     tok_dir = Path(args.model) / "tokenizer" if args.model and (Path(args.model) / "tokenizer").is_dir() else None
     m = build_index(docs, cks, args.out, cfg, tokenizer_path=tok_dir, overwrite=args.overwrite,
                     corpus_path=str(Path(args.corpus).resolve()))

@@ -7,14 +7,15 @@ corpus's.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from tracer.featurize.config import FeaturizeConfig
 from tracer.featurize.gradients import GradientFeaturizer
-from tracer.featurize.layout import Block, build_layout
+from tracer.featurize.kfac import Factors, fit_factors, kfac_view
+from tracer.featurize.layout import Block, build_layout, tracked_groups
 from tracer.featurize.views import ADAM, RAW, adam_view, load_second_moment, raw_view
 from tracer.model.loading import Checkpoint, load_model
 from tracer.model.tokenization import Encoded, encode_example, pad_batch
@@ -28,7 +29,11 @@ def encode_documents(tokenizer: Any, docs: Sequence[Document], max_length: int) 
 
 
 def view_names(cfg: FeaturizeConfig, checkpoints: Sequence[Checkpoint]) -> list[str]:
-    """Views an index builds: ``raw`` always, ``adam`` when requested and every checkpoint has ``v``."""
+    """Views an index builds: ``raw`` always; ``adam`` for random projections when requested and every
+    checkpoint has ``v``. A kfac index stores ``raw`` only: its per-coordinate second moments (the
+    moments stage) correct ``tracin_cos`` in the eigenbasis, so a second copy would buy nothing."""
+    if cfg.projection == "kfac":
+        return [RAW]
     if cfg.optimizer_correction and checkpoints and all(c.has_optimizer_state for c in checkpoints):
         return [RAW, ADAM]
     return [RAW]
@@ -43,17 +48,28 @@ class CheckpointFeaturizer:
         cfg: Featurize configuration.
         views: View names to compute (``raw``, ``adam``).
         model: An already-loaded model for ``checkpoint`` (loaded from disk when ``None``).
+        factors: This checkpoint's fitted K-FAC factors (needed when ``cfg.projection == "kfac"``).
+        widths: Per-group widths from the budget (``cfg.budgeted``).
+
+    Raises:
+        ValueError: A kfac config without factors, or a budgeted one without widths.
     """
 
     def __init__(self, checkpoint: Checkpoint, tokenizer: Any, cfg: FeaturizeConfig,
-                 views: Sequence[str] = (RAW,), model: Any = None) -> None:
+                 views: Sequence[str] = (RAW,), model: Any = None, factors: Factors | None = None,
+                 widths: Mapping[str, Sequence[int]] | None = None) -> None:
         self.checkpoint = checkpoint
         self.tokenizer = tokenizer
         self.cfg = cfg
+        if cfg.budgeted and widths is None:
+            raise ValueError("a kfac dimension budget needs the fitted per-group widths")
+        if cfg.projection == "kfac" and factors is None:
+            raise ValueError("projection 'kfac' needs the checkpoint's fitted K-FAC factors (the build's fit stage)")
         self.model = model if model is not None else load_model(checkpoint.path)
         self.layout: list[Block] = build_layout(self.model, cfg.layers, cfg.k_in, cfg.k_out,
-                                                cfg.include_norms, cfg.include_biases)
-        raw = raw_view(self.layout, cfg)
+                                                cfg.include_norms, cfg.include_biases,
+                                                widths=widths if cfg.budgeted else None)
+        raw = kfac_view(self.layout, factors) if factors is not None else raw_view(self.layout, cfg)
         built = {RAW: raw}
         if ADAM in views:
             conv = {n for n, m in self.model.named_modules() if type(m).__name__ == "Conv1D"}
@@ -80,6 +96,33 @@ class CheckpointFeaturizer:
                 parts[v].append(f.numpy())
             losses.append(loss.numpy())
         return {v: np.concatenate(p) for v, p in parts.items()}, np.concatenate(losses).astype(np.float32)
+
+
+def fit_checkpoint(checkpoint: Checkpoint, tokenizer: Any, cfg: FeaturizeConfig, examples: Sequence[Encoded],
+                   model: Any = None, progress: Any = None) -> Factors:
+    """K-FAC factors of one checkpoint over ``examples`` (the seeded fit sample).
+
+    Args:
+        progress: Optional callable receiving the number of examples done per batch.
+    """
+    model = model if model is not None else load_model(checkpoint.path)
+    groups = tracked_groups(model, cfg.layers, cfg.include_norms, cfg.include_biases)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        for s in range(0, len(examples), cfg.batch_size):
+            chunk = examples[s:s + cfg.batch_size]
+            yield pad_batch(chunk, pad, cfg.padding_side)
+            if progress is not None:
+                progress(len(chunk))
+
+    return fit_factors(model, groups, batches(), cfg.loss_reduction)
+
+
+def fit_sample(n_docs: int, cfg: FeaturizeConfig) -> np.ndarray:
+    """Sorted rows of the seeded factor-fit sample (``cfg.fit_docs`` of ``n_docs``)."""
+    rng = np.random.default_rng(cfg.seed)
+    return np.sort(rng.choice(n_docs, size=min(n_docs, cfg.fit_docs), replace=False))
 
 
 @torch.no_grad()

@@ -75,5 +75,7 @@ def exact_features(model: Any, layout: Sequence[Block], view: View, batch: Mappi
         elif b.kind in (BIAS, NORM_WEIGHT, NORM_BIAS):
             s = view.scale.get((b.module, b.kind))
             g = g if s is None else g * s
+            p = view.p_vec.get((b.module, b.kind))
+            g = g if p is None else g @ p.T
         out[:, b.offset:b.offset + b.size] = g.reshape(n, -1)
     return out

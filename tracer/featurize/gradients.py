@@ -19,7 +19,7 @@ Several *views* (e.g. raw and Adam-corrected projections) share one pass.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -35,13 +35,16 @@ class View:
     Attributes:
         p_in: Module name -> ``(k_in, d_in)`` float32 matrix (``None`` = identity).
         p_out: Module name -> ``(k_out, d_out)`` float32 matrix (``None`` = identity).
-        scale: ``(module, kind)`` -> per-coordinate scale of an exact group (optimizer
+        scale: ``(module, kind)`` -> per-coordinate scale of a bias / norm group (optimizer
             correction), absent = 1.
+        p_vec: ``(module, kind)`` -> ``(k, d)`` projection of a bias / norm group (applied after
+            ``scale``), absent = kept exactly.
     """
 
     p_in: Mapping[str, torch.Tensor | None]
     p_out: Mapping[str, torch.Tensor | None]
     scale: Mapping[tuple[str, str], torch.Tensor]
+    p_vec: Mapping[tuple[str, str], torch.Tensor] = field(default_factory=dict)
 
 
 def _proj(x: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
@@ -130,7 +133,8 @@ class GradientFeaturizer:
                     continue
                 g = torch.einsum("btd,btd->bd", delta, xs[v]) if b.kind == NORM_WEIGHT else bias_grad
                 s = view.scale.get((name, b.kind))
-                out[v][:, sl] = g if s is None else g * s
+                g = g if s is None else g * s
+                out[v][:, sl] = _proj(g, view.p_vec.get((name, b.kind)))
 
 
 def _normalized(module: Any, x: torch.Tensor) -> torch.Tensor:

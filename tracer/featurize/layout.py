@@ -2,8 +2,13 @@
 
 Tracked groups, in module order:
 * every linear layer (``nn.Linear`` or GPT-2's ``Conv1D``) selected by name: its weight
-  gradient projected to a ``k_out x k_in`` block (LoGra), and its bias gradient **exactly**;
-* every normalisation layer (LayerNorm / RMSNorm): weight (and bias) gradients exactly.
+  gradient projected to a ``k_out x k_in`` block (LoGra), and its bias gradient;
+* every normalisation layer (LayerNorm / RMSNorm): weight (and bias) gradients.
+
+Bias and norm groups ("vector groups") are kept **exactly** unless a width below their size is
+given (the K-FAC budget does this when they do not fit), then they are projected to ``(k,)``.
+Widths are uniform (``k_in x k_out`` everywhere) or per group (``widths``, from
+:func:`tracer.featurize.budget.allocate`).
 Weight gradients are always taken in ``(d_out, d_in)`` orientation, whatever the module
 stores (``Conv1D`` keeps ``(d_in, d_out)``).
 """
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -28,9 +33,9 @@ class Block:
         kind: ``linear`` (projected weight), ``bias``, ``norm_weight`` or ``norm_bias``.
         offset: Start column.
         size: Width (``k_out * k_in`` for ``linear``).
-        shape: ``(k_out, k_in)`` for ``linear``, ``(d,)`` otherwise.
+        shape: ``(k_out, k_in)`` for ``linear``, ``(k,)`` otherwise (``k < d_out``: projected).
         d_in: Input width of the module (linear only; 0 otherwise).
-        d_out: Output width of the module.
+        d_out: Output width of the module (the vector's length for bias / norm groups).
     """
 
     module: str
@@ -43,6 +48,16 @@ class Block:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def projected(self) -> bool:
+        """A vector group stored in fewer than its ``d_out`` coordinates."""
+        return self.kind != LINEAR and self.size < self.d_out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Block:
+        return cls(d["module"], d["kind"], int(d["offset"]), int(d["size"]), tuple(d["shape"]), int(d["d_in"]),
+                   int(d["d_out"]))
 
 
 def is_linear(module: torch.nn.Module) -> bool:
@@ -66,8 +81,38 @@ def default_layer_patterns() -> tuple[str, ...]:
     return ("*attn*", "*mlp*")
 
 
+def tracked_groups(model: torch.nn.Module, patterns: Sequence[str], include_norms: bool = True,
+                   include_biases: bool = True) -> list[tuple[str, str, int, int]]:
+    """``(module, kind, d_in, d_out)`` of every tracked parameter group, in module order.
+
+    Raises:
+        ValueError: If no linear layer matches ``patterns``.
+    """
+    groups: list[tuple[str, str, int, int]] = []
+    for name, mod in model.named_modules():
+        if is_linear(mod) and any(fnmatch.fnmatch(name, p) for p in patterns):
+            d_in, d_out = linear_dims(mod)
+            groups.append((name, LINEAR, d_in, d_out))
+            if include_biases and getattr(mod, "bias", None) is not None:
+                groups.append((name, BIAS, d_in, d_out))
+        elif include_norms and is_norm(mod) and getattr(mod, "weight", None) is not None:
+            d = int(mod.weight.shape[0])
+            groups.append((name, NORM_WEIGHT, 0, d))
+            if getattr(mod, "bias", None) is not None:
+                groups.append((name, NORM_BIAS, 0, d))
+    if not any(g[1] == LINEAR for g in groups):
+        raise ValueError(f"no linear layer of the model matches layer patterns {list(patterns)}")
+    return groups
+
+
+def group_key(module: str, kind: str) -> str:
+    """The key of a parameter group in ``widths`` mappings and stored factor files."""
+    return f"{module}:{kind}"
+
+
 def build_layout(model: torch.nn.Module, patterns: Sequence[str], k_in: int, k_out: int,
-                 include_norms: bool = True, include_biases: bool = True) -> list[Block]:
+                 include_norms: bool = True, include_biases: bool = True,
+                 widths: Mapping[str, Sequence[int]] | None = None) -> list[Block]:
     """The feature layout for ``model``.
 
     Args:
@@ -77,6 +122,9 @@ def build_layout(model: torch.nn.Module, patterns: Sequence[str], k_in: int, k_o
         k_out: Output projection width (``<= 0`` means identity).
         include_norms: Track LayerNorm / RMSNorm parameters exactly.
         include_biases: Track linear biases exactly.
+        widths: Per group (:func:`group_key`) widths overriding ``k_in``/``k_out``: ``[k_out, k_in]``
+            for a linear weight, ``[k]`` for a bias / norm vector (``k < d`` = projected). Groups
+            absent from ``widths`` are dropped when it is given.
 
     Returns:
         Blocks in module order with offsets; ``sum(size)`` is the feature width.
@@ -86,26 +134,19 @@ def build_layout(model: torch.nn.Module, patterns: Sequence[str], k_in: int, k_o
     """
     blocks: list[Block] = []
     off = 0
-
-    def add(name: str, kind: str, shape: tuple[int, ...], d_in: int, d_out: int) -> None:
-        nonlocal off
+    for name, kind, d_in, d_out in tracked_groups(model, patterns, include_norms, include_biases):
+        key = group_key(name, kind)
+        if widths is not None:
+            if key not in widths:
+                continue
+            shape = tuple(int(w) for w in widths[key])
+        elif kind == LINEAR:
+            shape = (d_out if k_out <= 0 else min(k_out, d_out), d_in if k_in <= 0 else min(k_in, d_in))
+        else:
+            shape = (d_out,)
         size = int(torch.tensor(shape).prod())
         blocks.append(Block(name, kind, off, size, shape, d_in, d_out))
         off += size
-
-    for name, mod in model.named_modules():
-        if is_linear(mod) and any(fnmatch.fnmatch(name, p) for p in patterns):
-            d_in, d_out = linear_dims(mod)
-            ki = d_in if k_in <= 0 else min(k_in, d_in)
-            ko = d_out if k_out <= 0 else min(k_out, d_out)
-            add(name, LINEAR, (ko, ki), d_in, d_out)
-            if include_biases and getattr(mod, "bias", None) is not None:
-                add(name, BIAS, (d_out,), d_in, d_out)
-        elif include_norms and is_norm(mod) and getattr(mod, "weight", None) is not None:
-            d = int(mod.weight.shape[0])
-            add(name, NORM_WEIGHT, (d,), 0, d)
-            if getattr(mod, "bias", None) is not None:
-                add(name, NORM_BIAS, (d,), 0, d)
     if not any(b.kind == LINEAR for b in blocks):
         raise ValueError(f"no linear layer of the model matches layer patterns {list(patterns)}")
     return blocks

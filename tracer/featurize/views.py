@@ -76,7 +76,7 @@ def adam_view(layout: Sequence[Block], cfg: FeaturizeConfig, raw: View, second_m
             p_in[b.module] = torch.diag(c) if pi is None else pi * c
         else:
             scale[(b.module, b.kind)] = 1.0 / (v.sqrt() + cfg.adam_eps)
-    return View(p_in, p_out, scale)
+    return View(p_in, p_out, scale, dict(raw.p_vec))
 
 
 def load_second_moment(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:

@@ -23,7 +23,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tracer.corpus import corpus_fingerprint
-from tracer.featurize.checkpoint import CheckpointFeaturizer, encode_documents, view_names
+from tracer.featurize.checkpoint import (
+    CheckpointFeaturizer,
+    encode_documents,
+    fit_checkpoint,
+    fit_sample,
+    view_names,
+)
 from tracer.featurize.config import FeaturizeConfig
 from tracer.index import files as F
 from tracer.index.manifest import write_manifest
@@ -32,6 +38,8 @@ from tracer.index.stages import (
     build_influence_stage,
     build_trak_stage,
     gradient_faiss_stage,
+    moments_stage,
+    stage_info,
 )
 from tracer.model.loading import Checkpoint, load_tokenizer, weights_fingerprint
 from tracer.types import Document
@@ -53,8 +61,11 @@ class IndexConfig:
     # --- parameters ---
     trak_dim: int = field(default=1024, metadata={"help": "TRAK sketch width per checkpoint"})
     influence_block_dim: int = field(default=1024, metadata={"help": "wider influence blocks are sketched to this"})
-    faiss_factory: str = field(default="SQfp16", metadata={
-        "help": "FAISS factory string for gradient search (SQfp16: exact over the fp16 features)"})
+    faiss_factory: str = field(default="SQ8", metadata={
+        "help": "FAISS factory string for gradient candidate search (over faiss_dim coordinates per checkpoint)"})
+    faiss_dim: int = field(default=256, metadata={
+        "help": "coordinates per checkpoint FAISS holds: the top ones by lr * E[g_i^2] (0: all; then FAISS "
+                "holds a second copy of the features)"})
     faiss_train_size: int = field(default=20000, metadata={"help": "training sample for approximate FAISS"})
     shard_size: int = field(default=256, metadata={"help": "examples per resumable shard"})
     seed: int = field(default=0, metadata={"help": "seed of TRAK sketch and FAISS training sample"})
@@ -63,8 +74,8 @@ class IndexConfig:
         if self.shard_size < 1 or self.shard_size % self.featurize.batch_size:
             raise ValueError(f"IndexConfig.shard_size ({self.shard_size}) must be a positive multiple of "
                              f"featurize.batch_size ({self.featurize.batch_size})")
-        if self.trak_dim < 1 or self.influence_block_dim < 1:
-            raise ValueError("IndexConfig.trak_dim and influence_block_dim must be >= 1")
+        if self.trak_dim < 1 or self.influence_block_dim < 1 or self.faiss_dim < 0:
+            raise ValueError("IndexConfig.trak_dim and influence_block_dim must be >= 1, faiss_dim >= 0")
         if (self.influence or self.trak) and not self.gradients:
             raise ValueError("IndexConfig: influence and trak need gradients=True")
 
@@ -127,7 +138,9 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
     ctx = _BuildContext(part, docs, list(checkpoints), cfg, tok, progress, fail_after_shards)
     views = view_names(cfg.featurize, checkpoints)
     stages: list[tuple[str, bool, Callable[[_BuildContext], dict[str, Any]]]] = [
+        ("fit", cfg.gradients and cfg.featurize.projection == "kfac", _fit_stage),
         ("gradients", cfg.gradients, lambda c: _gradient_stage(c, views)),
+        ("moments", cfg.gradients, moments_stage),
         ("gradient_faiss", cfg.gradients, gradient_faiss_stage),
         ("influence", cfg.influence, build_influence_stage),
         ("trak", cfg.trak, build_trak_stage),
@@ -226,19 +239,84 @@ def _run_stage(ctx: _BuildContext, name: str, fn: Callable[[_BuildContext], dict
     return info, dt
 
 
+def _fit_stage(ctx: _BuildContext) -> dict[str, Any]:
+    """K-FAC factors per checkpoint over a seeded sample, then the per-group widths of the budget."""
+    from tqdm.auto import tqdm
+
+    from tracer.featurize.budget import allocate, energy_kept
+    from tracer.featurize.kfac import load_factors, save_factors, truncate_factors
+    from tracer.featurize.layout import build_layout, tracked_groups
+    from tracer.model.loading import load_model
+
+    fcfg = ctx.cfg.featurize
+    rows = fit_sample(len(ctx.docs), fcfg)
+    enc = encode_documents(ctx.tokenizer, [ctx.docs[int(r)] for r in rows], fcfg.max_length)
+    factors, groups, seconds = [], [], []
+    for ci, ck in enumerate(ctx.checkpoints):
+        path = ctx.root / F.kfac_file(ci)
+        done = ctx.root / F.BUILD_STATE / f"fit-ckpt{ci}.done"
+        model = load_model(ck.path)
+        groups = tracked_groups(model, fcfg.layers, fcfg.include_norms, fcfg.include_biases)
+        if not done.exists():
+            t0 = time.perf_counter()
+            bar = tqdm(total=len(enc), desc=f"fit K-FAC ckpt {ci + 1}/{len(ctx.checkpoints)}", unit="ex",
+                       disable=not ctx.progress)
+            save_factors(fit_checkpoint(ck, ctx.tokenizer, fcfg, enc, model=model, progress=bar.update), path)
+            bar.close()
+            done.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 2)}))
+        seconds.append(json.loads(done.read_text())["seconds"])
+        factors.append(load_factors(path))
+    info: dict[str, Any] = {"fit_docs": len(rows), "seed": fcfg.seed, "seconds_per_checkpoint": seconds,
+                            "statistics": "A = E_t[x x^T], S = E_z[sum_t delta delta^T] (empirical, data labels)"}
+    if fcfg.budgeted:
+        widths, kept = allocate(factors, groups, fcfg.dim, fcfg.fit_floor, fcfg.exact_share)
+    else:
+        from tracer.featurize.layout import group_key
+
+        widths = None
+        kept = {}
+        for m, k, di, do in groups:
+            key, f = group_key(m, k), factors[-1][group_key(m, k)]
+            if k == "linear":
+                ko = do if fcfg.k_out <= 0 else min(fcfg.k_out, do)
+                ki = di if fcfg.k_in <= 0 else min(fcfg.k_in, di)
+                kept[key] = float(f.in_vals[:ki].sum() / f.in_vals.sum().clamp_min(1e-300)
+                                  * f.out_vals[:ko].sum() / f.out_vals.sum().clamp_min(1e-300))
+            else:
+                kept[key] = 1.0
+    info.update(widths=widths, energy_kept={k: round(v, 6) for k, v in kept.items()},
+                total_energy_kept=round(energy_kept(kept, factors), 6))
+    # the index keeps only the eigenvectors its layout uses (idempotent, so a resumed build agrees)
+    layout = build_layout(model, fcfg.layers, fcfg.k_in, fcfg.k_out, fcfg.include_norms, fcfg.include_biases,
+                          widths=widths)
+    for ci, f in enumerate(factors):
+        save_factors(truncate_factors(f, layout), ctx.root / F.kfac_file(ci))
+    return info
+
+
 def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
     from tqdm.auto import tqdm
+
+    from tracer.featurize.kfac import load_factors
+    from tracer.index.quant import block_bounds, quantize
 
     fcfg = ctx.cfg.featurize
     enc = encode_documents(ctx.tokenizer, ctx.docs, fcfg.max_length)
     n, shard = len(enc), ctx.cfg.shard_size
     n_shards = (n + shard - 1) // shard
     written, dim, layout = 0, 0, []
-    dtype = np.float16 if fcfg.dtype == "float16" else np.float32
+    int8 = fcfg.dtype == "int8"
+    dtype = {"int8": np.int8, "float16": np.float16, "float32": np.float32}[fcfg.dtype]
+    kfac = fcfg.projection == "kfac"
+    widths = stage_info(ctx, "fit").get("widths") if kfac else None
     for ci, ck in enumerate(ctx.checkpoints):
-        fz = CheckpointFeaturizer(ck, ctx.tokenizer, fcfg, views)
+        factors = load_factors(ctx.root / F.kfac_file(ci)) if kfac else None
+        fz = CheckpointFeaturizer(ck, ctx.tokenizer, fcfg, views, factors=factors, widths=widths)
         dim, layout = fz.dim, fz.layout
+        bounds = block_bounds([b.to_dict() for b in layout])
         mats = {v: _open_matrix(ctx.root / F.feature_file(v, ci), (n, dim), dtype) for v in views}
+        scales = {v: _open_matrix(ctx.root / F.scale_file(v, ci), (n, len(layout)), np.float32)
+                  for v in views} if int8 else {}
         losses = _open_matrix(ctx.root / F.loss_file(ci), (n,), np.float32)
         bar = tqdm(total=n, desc=f"gradients ckpt {ci + 1}/{len(ctx.checkpoints)}", unit="ex",
                    disable=not ctx.progress)
@@ -248,7 +326,11 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
             if not done.exists():
                 feats, loss = fz.featurize(enc[lo:hi])
                 for v in views:
-                    mats[v][lo:hi] = feats[v].astype(dtype)
+                    if int8:
+                        mats[v][lo:hi], scales[v][lo:hi] = quantize(feats[v], bounds)
+                        scales[v].flush()
+                    else:
+                        mats[v][lo:hi] = feats[v].astype(dtype)
                     mats[v].flush()
                 losses[lo:hi] = loss
                 losses.flush()
@@ -258,8 +340,9 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
                     raise _SimulatedCrash(f"simulated crash after {written} shards")
             bar.update(hi - lo)
         bar.close()
-        del mats, losses, fz
-    return {"dim": dim, "views": views, "layout": [b.to_dict() for b in layout], "n_shards": n_shards}
+        del mats, scales, losses, fz
+    return {"dim": dim, "views": views, "layout": [b.to_dict() for b in layout], "n_shards": n_shards,
+            "dtype": fcfg.dtype}
 
 
 def _open_matrix(path: Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:

@@ -16,13 +16,18 @@ Layout of ``indexes/<name>/``::
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1  # bump when the layout changes incompatibly
+FORMAT_VERSION = 2  # bump when the layout changes incompatibly
+FORMAT_HISTORY = {1: "random projections, fp16 features, full FAISS copy",
+                  2: "K-FAC eigenbasis and dimension budget, int8 features, compact FAISS over top coordinates"}
 MANIFEST = "manifest.json"  # the index's identity card
 DOC_IDS = "doc_ids.txt"  # row -> doc_id
 DOCUMENTS = "documents.jsonl"  # {id, text, facts} per row
 DOC_OFFSETS = "doc_offsets.npy"  # (n_docs + 1,) int64 byte offsets into DOCUMENTS
 FEATURES_DIR = "features"  # per view and checkpoint feature matrices
-GRADIENT_FAISS = "gradient.faiss"  # FAISS over the TracIn concatenation
+GRADIENT_FAISS = "gradient.faiss"  # FAISS over the top coordinates of the TracIn concatenation
+GRADIENT_COORDS = "gradient_coords.npy"  # (n_ckpt, m) coordinates FAISS holds per checkpoint
+KFAC_DIR = "kfac"  # fitted eigenbases per checkpoint
+MOMENTS_DIR = "moments"  # per-coordinate second moments per view and checkpoint
 INFLUENCE_DIR = "influence"  # per-block Fisher matrices
 TRAK_DIR = "trak"  # TRAK sketches and Grams
 EMBEDDINGS = "embeddings.npy"  # (n_docs, d_model) float16, unit norm
@@ -34,6 +39,18 @@ BUILD_CONFIG = "build_config.json"  # inside the partial dir only: what is being
 
 def feature_file(view: str, ckpt: int) -> str:
     return f"{FEATURES_DIR}/{view}/ckpt{ckpt}.npy"
+
+
+def scale_file(view: str, ckpt: int) -> str:
+    return f"{FEATURES_DIR}/{view}/ckpt{ckpt}.scale.npy"
+
+
+def kfac_file(ckpt: int) -> str:
+    return f"{KFAC_DIR}/ckpt{ckpt}.safetensors"
+
+
+def moment_file(view: str, ckpt: int) -> str:
+    return f"{MOMENTS_DIR}/{view}_ckpt{ckpt}.npy"
 
 
 def loss_file(ckpt: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer.errors import IndexCorruptError, IndexMismatchError, NotFoundError
-from tracer.index.files import FORMAT_VERSION, MANIFEST
+from tracer.index.files import FORMAT_HISTORY, FORMAT_VERSION, MANIFEST
 
 
 def sha256_file(path: Path) -> str:
@@ -75,6 +75,11 @@ def read_manifest(root: Path, verify: bool = False) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise IndexMismatchError(f"{root}: index format version {version!r} is newer than this tracer supports "
                                  f"({FORMAT_VERSION}); upgrade tracer")
+    if version < FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"{root}: index format version {version} ({FORMAT_HISTORY.get(version, 'unknown')}) predates this "
+            f"tracer's format {FORMAT_VERSION} ({FORMAT_HISTORY[FORMAT_VERSION]}); rebuild it with `tracer build` "
+            "(same --corpus and --model)")
     if manifest.get("manifest_sha256") != _self_checksum(manifest):
         raise IndexCorruptError(f"{path}: manifest was modified after the build (its checksum does not match)")
     _check_files(root, manifest.get("files", {}), verify)

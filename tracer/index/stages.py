@@ -1,8 +1,14 @@
 """Index build stages that run after gradient featurization (each reads stored features back).
 
-* gradient FAISS over the TracIn concatenation ``[sqrt(lr_1) g_1, ..., sqrt(lr_C) g_C]``,
-  so an inner product is exactly TracIn-CP (Pruthi et al. 2020);
-* the per-block projected empirical Fisher ``F_b = 1/N sum_z g_b(z) g_b(z)^T`` of the final
+* moments: ``E_z[g_i(z)^2]`` per stored coordinate, view and checkpoint. In the K-FAC
+  eigenbasis this is EK-FAC's eigenvalue-corrected diagonal (Grosse et al. 2023), restricted
+  to the kept subspace and fitted on the whole corpus;
+* gradient FAISS over the top-energy coordinates (by ``E[g_i^2]``, ``faiss_dim`` per
+  checkpoint) of the TracIn concatenation ``[sqrt(lr_1) g_1, ..., sqrt(lr_C) g_C]``: a compact
+  candidate generator whose inner product approximates TracIn-CP (Pruthi et al. 2020); the
+  exact score is recomputed from the feature memmaps. ``faiss_dim=0`` holds every coordinate;
+* influence: nothing more for a K-FAC index (it uses the moments); for random projections
+  the per-block projected empirical Fisher ``F_b = 1/N sum_z g_b(z) g_b(z)^T`` of the final
   checkpoint for influence functions (Koh & Liang 2017; block-diagonal as in EK-FAC,
   Grosse et al. 2023, but on projected gradients); blocks wider than ``influence_block_dim``
   are JL-sketched first, so every solve is at most that wide;
@@ -25,32 +31,79 @@ from tracer.index.dense import build_faiss, write_faiss
 CHUNK = 2048  # rows per streamed block
 
 
-def _features(ctx: Any, view: str, ci: int) -> np.ndarray:
-    return np.load(ctx.root / F.feature_file(view, ci), mmap_mode="r")
+def _features(ctx: Any, view: str, ci: int) -> Any:
+    from tracer.index.quant import open_features
+
+    return open_features(ctx.root, view, ci, _layout(ctx))
 
 
-def tracin_rows(mats: list[np.ndarray], lrs: list[float], lo: int, hi: int) -> np.ndarray:
-    """Rows ``lo:hi`` of the TracIn concatenation ``[sqrt(lr_c) g_c]``: ``(hi-lo, C*dim)`` float32."""
-    return np.concatenate([np.sqrt(lr) * m[lo:hi].astype(np.float32) for m, lr in zip(mats, lrs)], axis=1)
+def stage_info(ctx: Any, name: str) -> dict[str, Any]:
+    """The info a finished stage of this build recorded."""
+    import json
+
+    return json.loads((ctx.root / F.BUILD_STATE / f"stage-{name}.json").read_text())["info"]
+
+
+def column_moments(mat: Any) -> np.ndarray:
+    """``(dim,)`` float64 mean of squares of every column, streamed in blocks of ``CHUNK`` rows."""
+    n = mat.shape[0]
+    acc = np.zeros(mat.shape[1])
+    for lo in range(0, n, CHUNK):
+        x = np.asarray(mat[lo:lo + CHUNK], dtype=np.float64)
+        acc += np.einsum("ij,ij->j", x, x)
+    return acc / max(n, 1)
+
+
+def moments_stage(ctx: Any) -> dict[str, Any]:
+    views = stage_info(ctx, "gradients")["views"]
+    (ctx.root / F.MOMENTS_DIR).mkdir(exist_ok=True)
+    for v in views:
+        for ci in range(len(ctx.checkpoints)):
+            np.save(ctx.root / F.moment_file(v, ci), column_moments(_features(ctx, v, ci)))
+    return {"views": views, "checkpoints": len(ctx.checkpoints), "statistic": "E_z[g_i(z)^2] over the corpus"}
+
+
+def faiss_coords(moments: list[np.ndarray], lrs: list[float], m: int) -> np.ndarray:
+    """``(n_ckpt, m')`` sorted coordinates with the largest ``lr * E[g_i^2]`` per checkpoint (all if m <= 0)."""
+    dim = len(moments[0])
+    if m <= 0 or m >= dim:
+        return np.tile(np.arange(dim, dtype=np.int64), (len(moments), 1))
+    return np.stack([np.sort(np.argsort(-(lr * mo), kind="stable")[:m]) for mo, lr in zip(moments, lrs)])
+
+
+def tracin_rows(mats: list[Any], lrs: list[float], lo: int, hi: int,
+                coords: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``lo:hi`` of the TracIn concatenation ``[sqrt(lr_c) g_c[coords_c]]``: float32."""
+    parts = []
+    for c, (m, lr) in enumerate(zip(mats, lrs)):
+        x = np.asarray(m[lo:hi], dtype=np.float32)
+        parts.append(np.sqrt(lr) * (x if coords is None else x[:, coords[c]]))
+    return np.concatenate(parts, axis=1)
 
 
 def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
-    mats = [_features(ctx, RAW, ci) for ci in range(len(ctx.checkpoints))]
+    n_ck = len(ctx.checkpoints)
+    mats = [_features(ctx, RAW, ci) for ci in range(n_ck)]
     lrs = [c.lr for c in ctx.checkpoints]
-    n, dim = len(ctx.docs), sum(m.shape[1] for m in mats)
+    moments = [np.load(ctx.root / F.moment_file(RAW, ci)) for ci in range(n_ck)]
+    coords = faiss_coords(moments, lrs, ctx.cfg.faiss_dim)
+    np.save(ctx.root / F.GRADIENT_COORDS, coords)
+    n, dim = len(ctx.docs), coords.size
 
     def chunks() -> Iterator[np.ndarray]:
         for lo in range(0, n, CHUNK):
-            yield tracin_rows(mats, lrs, lo, min(n, lo + CHUNK))
+            yield tracin_rows(mats, lrs, lo, min(n, lo + CHUNK), coords)
 
     def sample() -> np.ndarray:
         rng = np.random.default_rng(ctx.cfg.seed)
         rows = np.sort(rng.choice(n, size=min(n, ctx.cfg.faiss_train_size), replace=False))
-        return np.concatenate([np.sqrt(lr) * np.asarray(m[rows], dtype=np.float32) for m, lr in zip(mats, lrs)], 1)
+        return np.concatenate([np.sqrt(lr) * np.asarray(m[rows], dtype=np.float32)[:, coords[c]]
+                               for c, (m, lr) in enumerate(zip(mats, lrs))], 1)
 
     index = build_faiss(dim, n, chunks, ctx.cfg.faiss_factory, sample)
     write_faiss(index, ctx.root / F.GRADIENT_FAISS)
-    return {"dim": dim, "factory": ctx.cfg.faiss_factory, "space": "tracin: [sqrt(lr_c) * raw_c]"}
+    return {"dim": dim, "factory": ctx.cfg.faiss_factory, "coords_per_checkpoint": int(coords.shape[1]),
+            "space": "tracin: [sqrt(lr_c) * raw_c[coords_c]], coords = top lr * E[g^2] per checkpoint"}
 
 
 def influence_sketch(size: int, dim: int, block: int, seed: int) -> np.ndarray | None:
@@ -65,7 +118,7 @@ def influence_sketch(size: int, dim: int, block: int, seed: int) -> np.ndarray |
     return (torch.randn(size, dim, generator=g, dtype=torch.float64) / dim**0.5).numpy()
 
 
-def block_fisher(mat: np.ndarray, layout: list[dict[str, Any]], sketches: list[np.ndarray | None]) -> list[np.ndarray]:
+def block_fisher(mat: Any, layout: list[dict[str, Any]], sketches: list[np.ndarray | None]) -> list[np.ndarray]:
     """Per-block ``1/N sum_z s_b s_b^T`` with ``s_b = g_b S_b`` (or ``g_b``), float64, streamed."""
     n = mat.shape[0]
     acc = [np.zeros((b["size"], b["size"]) if s is None else (s.shape[1], s.shape[1]))
@@ -83,6 +136,9 @@ def block_fisher(mat: np.ndarray, layout: list[dict[str, Any]], sketches: list[n
 def build_influence_stage(ctx: Any) -> dict[str, Any]:
     layout = _layout(ctx)
     last = len(ctx.checkpoints) - 1
+    if ctx.cfg.featurize.projection == "kfac":
+        return {"checkpoint": last, "kind": "ekfac", "n_blocks": 0,
+                "curvature": "EK-FAC: diagonal E[g_i^2] in the K-FAC eigenbasis (moments stage)"}
     dim = ctx.cfg.influence_block_dim
     sketches = [influence_sketch(b["size"], dim, j, ctx.cfg.seed) for j, b in enumerate(layout)]
     fishers = block_fisher(_features(ctx, RAW, last), layout, sketches)

@@ -33,7 +33,8 @@ class IndexStore:
         self._cached_methods: list[Any] = []
         # Per-instance caches (memmaps, FAISS, BM25 loaded once per store, freed by clear_caches).
         for name, size in (("features", 64), ("losses", 16), ("fishers", 1), ("trak_features", 16),
-                           ("embeddings", 1), ("faiss", 2), ("bm25", 1)):
+                           ("embeddings", 1), ("faiss", 2), ("bm25", 1), ("moments", 64), ("kfac_factors", 16),
+                           ("gradient_coords", 1)):
             cached = functools.lru_cache(maxsize=size)(getattr(self, f"_{name}"))
             setattr(self, name, cached)
             self._cached_methods.append(cached)
@@ -100,13 +101,36 @@ class IndexStore:
         return [self.document(int(r)) for r in self.rows(doc_ids)]
 
     # --- arrays (memory-mapped on first use) ---
-    def _features(self, view: str, ckpt: int) -> np.ndarray:
-        """``(n_docs, dim)`` float16 gradient features of one view and checkpoint (memmap)."""
+    def _features(self, view: str, ckpt: int) -> Any:
+        """``(n_docs, dim)`` gradient features of one view and checkpoint.
+
+        A float16/float32 memmap, or an :class:`tracer.index.quant.Int8Rows` (int8 storage) whose
+        row reads return dequantised float32.
+        """
+        from tracer.index.quant import open_features
+
         self.require("gradients", "gradient features")
         if view not in self.manifest.get("views", []):
             raise IndexNotReadyError(f"index {self.name!r} has no {view!r} gradient view "
                                      f"(built: {self.manifest.get('views')})")
-        return np.load(self.root / F.feature_file(view, ckpt), mmap_mode="r")
+        return open_features(self.root, view, ckpt, self.layout)
+
+    def _moments(self, view: str, ckpt: int) -> np.ndarray:
+        """``(dim,)`` float64 ``E[g_i^2]`` per stored coordinate (EK-FAC's corrected diagonal in a kfac index)."""
+        self.require("moments", "per-coordinate moments")
+        return np.load(self.root / F.moment_file(view, ckpt))
+
+    def _kfac_factors(self, ckpt: int) -> Any:
+        """The fitted K-FAC eigenbases of one checkpoint (query featurizing in a kfac index)."""
+        from tracer.featurize.kfac import load_factors
+
+        self.require("fit", "the K-FAC basis")
+        return load_factors(self.root / F.kfac_file(ckpt))
+
+    def _gradient_coords(self) -> np.ndarray:
+        """``(n_ckpt, m)`` coordinates of each checkpoint that the gradient FAISS index holds."""
+        self.require("gradient_faiss", "gradient search")
+        return np.load(self.root / F.GRADIENT_COORDS)
 
     def _losses(self, ckpt: int) -> np.ndarray:
         return np.load(self.root / F.loss_file(ckpt), mmap_mode="r")
@@ -138,6 +162,41 @@ class IndexStore:
 
         self.require("bm25", "bm25")
         return BM25Index(self.root / F.BM25_DIR)
+
+    def bytes_per_example(self) -> dict[str, dict[str, float]]:
+        """Every stored byte by component: ``{component: {"per_example": b, "fixed": b}}``.
+
+        Per-example components grow with the corpus (features, FAISS codes, TRAK rows, texts);
+        fixed ones do not (K-FAC bases, TRAK Grams, moments), reported in total bytes.
+        """
+        fixed_parts = (F.KFAC_DIR, F.MOMENTS_DIR, F.GRADIENT_COORDS, F.INFLUENCE_DIR)
+        out: dict[str, dict[str, float]] = {}
+        n = max(1, self.n_documents)
+        for rel, meta in self.manifest.get("files", {}).items():
+            parts = rel.split("/")
+            comp = "/".join(parts[:2]) if parts[0] == F.FEATURES_DIR and len(parts) > 2 else parts[0]
+            if parts[0] == F.FEATURES_DIR and parts[-1].startswith("losses"):
+                comp = "features/losses"
+            fixed = parts[0] in fixed_parts or (parts[0] == F.TRAK_DIR and parts[-1].startswith("xtx"))
+            if parts[0] == F.BM25_DIR:
+                comp = "bm25"
+            entry = out.setdefault(comp + (" (fixed)" if fixed else ""), {"per_example": 0.0, "fixed": 0.0})
+            if fixed:
+                entry["fixed"] += meta["size"]
+            else:
+                entry["per_example"] += meta["size"] / n
+        return {k: {"per_example": round(v["per_example"], 1), "fixed": int(v["fixed"])} for k, v in
+                sorted(out.items())}
+
+    def tracked_modules(self) -> list[dict[str, Any]]:
+        """Each tracked parameter group: its stored shape, full shape and share of fitted energy kept."""
+        kept = self.stages.get("fit", {}).get("energy_kept", {})
+        rows = []
+        for b in self.layout:
+            full = [b["d_out"], b["d_in"]] if b["kind"] == "linear" else [b["d_out"]]
+            rows.append({"module": b["module"], "kind": b["kind"], "shape": list(b["shape"]), "full": full,
+                         "energy_kept": kept.get(f"{b['module']}:{b['kind']}")})
+        return rows
 
     @property
     def layout(self) -> list[dict[str, Any]]:

@@ -1,10 +1,13 @@
 """TracIn-CP (Pruthi et al. 2020) on projected gradients, raw and cosine (TrackStar) variants.
 
 ``tracin``: ``sum_c lr_c <g_c(q), g_c(z)>`` — the first-order loss change summed over
-checkpoints. ``tracin_cos``: ``mean_c cos(g~_c(q), g~_c(z))`` with Adam-corrected
-gradients ``g~ = g / sqrt(v)`` when the index has them (Chang et al. 2024, TrackStar;
-FTRACE's best TracIn variant), raw gradients otherwise. Unit normalisation removes
-the bias toward examples with large gradients (outliers, long documents).
+checkpoints. ``tracin_cos``: ``mean_c cos(g~_c(q), g~_c(z))`` with second-moment-corrected
+gradients (Chang et al. 2024, TrackStar; FTRACE's best TracIn variant). In a K-FAC index
+``g~_i = g_i / sqrt(Lambda_i + lambda)`` with ``Lambda_i = E_z[g_i^2]`` the per-coordinate
+second moment in the eigenbasis (the same diagonal EK-FAC influence uses; ``lambda`` =
+``damping`` x its mean); with random projections ``g~ = g / sqrt(v)`` from Adam's state when
+the index has it, raw gradients otherwise. Unit normalisation removes the bias toward
+examples with large gradients (outliers, long documents).
 """
 
 from __future__ import annotations
@@ -51,22 +54,47 @@ class TracIn(Method):
         return total
 
 
+DEFAULT_WHITEN_DAMPING = 0.1  # relative to the mean second moment; see the README's tracin_cos comparison
+
+
+def whitening(moments: np.ndarray, damping: float) -> np.ndarray:
+    """``1 / sqrt(Lambda + damping * mean(Lambda))`` per coordinate (float32)."""
+    lam = np.asarray(moments, dtype=np.float64)
+    return (1.0 / np.sqrt(lam + damping * max(float(lam.mean()), 1e-30))).astype(np.float32)
+
+
 class TracInCosine(Method):
     name = "tracin_cos"
     requires = ("gradients",)
     needs = ("grads",)
-    description = "mean over checkpoints of cosine of optimizer-corrected gradients (TrackStar)"
+    description = "mean over checkpoints of cosine of second-moment-corrected gradients (TrackStar)"
+
+    def __init__(self, store, damping: float = DEFAULT_WHITEN_DAMPING, **params):  # type: ignore[no-untyped-def]
+        super().__init__(store, **params)
+        if not damping > 0:
+            raise ValueError(f"damping must be > 0, got {damping}")
+        self.damping = damping
+        self.whiten = store.has("fit") and store.has("moments")
+        self._w: dict[int, np.ndarray] = {}
 
     def view(self) -> str:
         return ADAM if ADAM in self.store.manifest.get("views", []) else RAW
 
+    def _weights(self, ci: int) -> np.ndarray:
+        if ci not in self._w:
+            self._w[ci] = whitening(self.store.moments(RAW, ci), self.damping)
+        return self._w[ci]
+
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
-        view = self.view()
+        view = RAW if self.whiten else self.view()
         total = np.zeros(len(rows))
         n_ckpt = len(self.store.checkpoints)
         for ci in range(n_ckpt):
             x = gathered(self.store, q, view, ci, rows)
             qv = q.grads[view][ci]
+            if self.whiten:
+                w = self._weights(ci)
+                x, qv = x * w, qv * w
             qn = qv / max(float(np.linalg.norm(qv.astype(np.float64))), 1e-30)
             norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
             total += (x @ qn.astype(np.float32)).astype(np.float64) / np.maximum(norms, 1e-30)
