@@ -62,7 +62,8 @@ def test_approximate_faiss_recall_against_flat():
 
 
 def _arrays(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.npy"))}
+    files = sorted([*root.rglob("*.npy"), *root.rglob("*.safetensors")])
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
 
 
 def test_crash_then_resume_is_byte_identical(tmp_path, tiny_bench, tiny_run, tiny_index):
@@ -74,6 +75,45 @@ def test_crash_then_resume_is_byte_identical(tmp_path, tiny_bench, tiny_run, tin
     build_tiny_index(tmp_path / "a", tiny_bench, tiny_run)
     assert not (tmp_path / "a.partial").exists()
     assert _arrays(tmp_path / "a") == _arrays(tiny_index)
+
+
+def test_second_writer_to_the_same_out_is_refused_with_one_line(tmp_path, tiny_bench, tiny_run, capsys):
+    """D1: a build holding <out>.lock makes a second build (library or CLI) fail at once, touching nothing."""
+    from tracer.cli.main import main
+    from tracer.corpus import write_jsonl
+    from tracer.errors import BuildLockedError
+    from tracer.index.build import build_lock
+
+    out = tmp_path / "locked"
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"id": d.doc_id, "text": d.text} for d in tiny_bench.documents])
+    with build_lock(out):
+        with pytest.raises(BuildLockedError, match="another tracer build .* is writing"):
+            build_tiny_index(out, tiny_bench, tiny_run)
+        assert not out.with_name("locked.partial").exists() and not out.exists()
+        code = main(["build", "--corpus", str(corpus), "--model", str(tiny_run), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and "another tracer build" in err and len(err.splitlines()) == 1, err
+    # released: the same build now runs
+    build_tiny_index(out, tiny_bench, tiny_run, trak=False, embeddings=False, influence=False)
+    assert IndexStore.open(out).n_documents == len(tiny_bench.documents)
+
+
+@pytest.mark.parametrize("window", ["state_removed", "guard_removed"])
+def test_kill_while_finishing_never_breaks_later_reruns(tmp_path, tiny_bench, tiny_run, window):
+    """D5: a partial whose build state or resume guard is gone is discarded and rebuilt, not resumed into a crash."""
+    import shutil
+
+    kw = dict(trak=False, embeddings=False, influence=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_tiny_index(tmp_path / "f", tiny_bench, tiny_run, fail_after_shards=1, **kw)
+    part = tmp_path / "f.partial"
+    if window == "state_removed":
+        shutil.rmtree(part / "build_state")
+    else:
+        (part / "build_config.json").unlink()
+    build_tiny_index(tmp_path / "f", tiny_bench, tiny_run, **kw)
+    assert IndexStore.open(tmp_path / "f", verify=True).n_documents == len(tiny_bench.documents)
 
 
 def test_sigkill_then_resume_is_byte_identical(tmp_path, tiny_bench, tiny_run, tiny_index):

@@ -52,3 +52,7 @@ class CancelledError(TracerError):
 
 class DataError(TracerError, ValueError):
     """An input file (corpus, queries, benchmark) is missing or malformed."""
+
+
+class BuildLockedError(TracerError):
+    """Another process is building (or publishing) the same index directory."""

@@ -39,7 +39,7 @@ class FeaturizeConfig:
                 "(0: uniform k_in x k_out)"})
     fit_docs: int = field(default=2048, metadata={"help": "kfac: documents in the seeded factor-fit sample"})
     fit_floor: int = field(default=4, metadata={"help": "kfac budget: minimum k_in and k_out per linear layer"})
-    exact_share: float = field(default=0.5, metadata={
+    exact_share: float = field(default=0.1, metadata={
         "help": "kfac budget: share of dim that bias/norm groups may fill while kept exactly"})
     # --- loss ---
     loss_reduction: str = field(default="sum", metadata={"help": "sum | mean over target tokens"})

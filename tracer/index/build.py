@@ -11,14 +11,16 @@ chunks), which keeps them resumable and keeps memory independent of corpus size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -129,8 +131,50 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
         check_factory(cfg.faiss_factory)  # fail before hours of featurizing, not after
     if not checkpoints:
         raise ValueError("at least one checkpoint is needed")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    with build_lock(out):
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+        return _build_locked(docs, checkpoints, out, cfg, tokenizer_path, corpus_path, progress, fail_after_shards)
+
+
+@contextlib.contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<out>.lock`` for a whole build, partial dir to published swap.
+
+    The lock file is left in place (removing it would let a third writer lock a fresh inode
+    while a second still holds the old one); the kernel releases the lock when the process
+    exits, however it exits.
+
+    Raises:
+        BuildLockedError: Another process holds it.
+    """
+    import fcntl
+
+    from tracer.errors import BuildLockedError
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(out.name + ".lock")
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise BuildLockedError(f"another tracer build (pid {holder}) is writing {out}; wait for it to finish "
+                                   f"or stop it (lock: {path})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out: Path, cfg: IndexConfig,
+                  tokenizer_path: str | Path | None, corpus_path: str, progress: bool,
+                  fail_after_shards: int | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     part = _prepare_partial(out, docs, checkpoints, cfg, corpus_path)
     timings: dict[str, float] = {}
@@ -153,11 +197,12 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
             stage_info[name], timings[name] = _run_stage(ctx, name, fn)
     manifest = _manifest(ctx, views, stage_info, timings, corpus_path)
     manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-    # Manifest first (it skips the build-state files), then drop the state, then swap in:
-    # a crash at any point leaves either a resumable partial or a complete index, never a half one.
+    # Manifest first (it skips the build-state files), then the resume guard, then the state, then
+    # swap in: a crash at any point leaves a resumable partial, a partial the next run discards (no
+    # guard), or a complete index; never a half one, and never a partial that fails every rerun.
     manifest = write_manifest(part, manifest, skip=(F.BUILD_STATE, F.BUILD_CONFIG))
-    shutil.rmtree(part / F.BUILD_STATE)
     (part / F.BUILD_CONFIG).unlink()
+    shutil.rmtree(part / F.BUILD_STATE)
     old = out.with_name(out.name + ".old")
     if out.exists():
         out.rename(old)
@@ -194,10 +239,11 @@ def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[
             have = json.loads((part / F.BUILD_CONFIG).read_text())
         except (OSError, json.JSONDecodeError):
             have = None
-        if have == want:
+        if have == want and (part / F.BUILD_STATE).is_dir():
             log.info("resuming the interrupted build in %s", part)
             return part
-        log.warning("discarding %s: it was started with a different corpus, model or config", part)
+        log.warning("discarding %s: %s", part, "it was started with a different corpus, model or config"
+                    if have != want else "its build state is incomplete (killed while finishing)")
         shutil.rmtree(part)
     (part / F.BUILD_STATE).mkdir(parents=True)
     (part / F.BUILD_CONFIG).write_text(json.dumps(want, sort_keys=True))
