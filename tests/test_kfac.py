@@ -255,3 +255,60 @@ def test_old_format_index_says_how_to_rebuild(tmp_path, tiny_index):
     (old / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexMismatchError, match="predates.*rebuild it with `tracer build`"):
         IndexStore.open(old)
+
+
+@pytest.fixture(scope="module")
+def kfac_exact_index(tmp_path_factory, tiny_bench, tiny_run):
+    """One tracked Conv1D layer + bias at full width in the K-FAC basis, float32: a rotation of exact gradients."""
+    from tracer.index.build import IndexConfig, build_index
+    from tracer.model.loading import load_checkpoints
+
+    fcfg = FeaturizeConfig(layers=("*h.0.attn.c_proj*",), include_norms=False, k_in=0, k_out=0, dim=0,
+                           dtype="float32", batch_size=8)
+    out = tmp_path_factory.mktemp("kfac_exact") / "idx"
+    build_index(tiny_bench.documents[:40], load_checkpoints(tiny_run), out,
+                IndexConfig(featurize=fcfg, shard_size=16, trak=False, embeddings=False), progress=False)
+    return out
+
+
+def _scores(t, q, method):
+    res = t.trace(q.prompt, q.target, method=method, candidates="full", k=t.n_documents)
+    out = np.empty(t.n_documents)
+    out[t.store.rows([h.doc_id for h in res.hits])] = [h.score for h in res.hits]
+    return out
+
+
+def test_tracin_in_the_kfac_basis_equals_exact_gradient_dot_products(kfac_exact_index, tiny_bench, tiny_run):
+    from test_methods import _exact_grads
+    from tracer import Tracer
+    from tracer.model.loading import load_checkpoints
+
+    t = Tracer.open(kfac_exact_index)
+    q = tiny_bench.queries[0]
+    expect = 0.0
+    for ck in load_checkpoints(tiny_run):
+        g_docs = _exact_grads(ck.path, t.encoder.tokenizer, [("", d.text) for d in tiny_bench.documents[:40]])
+        g_q = _exact_grads(ck.path, t.encoder.tokenizer, [(q.prompt, q.target)])[0]
+        expect = expect + ck.lr * g_docs @ g_q
+    np.testing.assert_allclose(_scores(t, q, "tracin"), expect, rtol=1e-4, atol=1e-5 * np.abs(expect).max())
+
+
+def test_whitened_tracin_cos_and_ensembled_ekfac_equal_numpy(kfac_exact_index, tiny_bench):
+    from tracer import Tracer
+    from tracer.index.quant import block_bounds
+
+    t = Tracer.open(kfac_exact_index, method_params={"tracin_cos": {"damping": 0.3}, "influence": {"damping": 0.05}})
+    q = tiny_bench.queries[1]
+    qf = t.features([(q.prompt, q.target)], ["tracin_cos"])[0]
+    bounds = block_bounds(t.store.layout)
+    cos, infl = np.zeros(t.n_documents), np.zeros(t.n_documents)
+    for ci in range(3):
+        x = np.asarray(t.store.features("raw", ci), dtype=np.float64)
+        g = qf.grads["raw"][ci].astype(np.float64)
+        lam = (x ** 2).mean(0)  # the corrected diagonal, recomputed from the stored rows
+        w = 1 / np.sqrt(lam + 0.3 * lam.mean())
+        cos += (x * w) @ (g * w) / np.linalg.norm(x * w, axis=1) / np.linalg.norm(g * w) / 3
+        damp = np.concatenate([np.full(hi - lo, 0.05 * lam[lo:hi].mean()) for lo, hi in zip(bounds[:-1], bounds[1:])])
+        infl += x @ (g / (lam + damp)) / 3
+    np.testing.assert_allclose(_scores(t, q, "tracin_cos"), cos, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_scores(t, q, "influence"), infl, rtol=1e-4, atol=1e-6 * np.abs(infl).max())
