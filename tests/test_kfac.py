@@ -67,8 +67,9 @@ def test_fit_factors_equal_explicit_kfac_statistics(tiny_model, tiny_tokenizer, 
         f = factors[group_key(name, LINEAR)]
         rec_a = (f.in_vecs.T * f.in_vals) @ f.in_vecs
         rec_s = (f.out_vecs.T * f.out_vals) @ f.out_vecs
-        np.testing.assert_allclose(rec_a.numpy(), a, atol=1e-9 * max(1, np.abs(a).max()))
-        np.testing.assert_allclose(rec_s.numpy(), s, atol=1e-9 * max(1, np.abs(s).max()))
+        # float32 products per batch: agreement to float32 precision
+        np.testing.assert_allclose(rec_a.numpy(), a, atol=1e-5 * np.abs(a).max())
+        np.testing.assert_allclose(rec_s.numpy(), s, atol=1e-5 * np.abs(s).max())
         assert torch.all(f.in_vals[:-1] >= f.in_vals[1:]) and torch.all(f.out_vals[:-1] >= f.out_vals[1:])
     # energies: E_z ||g_z||^2 of every group from exact torch.func per-example gradients
     layout = build_layout(tiny_model, FeaturizeConfig().layers, 0, 0)

@@ -97,6 +97,9 @@ def test_trak_equals_the_formula_in_numpy(oracle):
         s = trak_sketch(feats.shape[1], k, 0).astype(np.float64)
         phi = feats @ s
         xtx = phi.T @ phi
+        stored = np.asarray(t.store.trak_features(ci)[0], dtype=np.float64)  # float16 rows
+        np.testing.assert_allclose(stored, phi, rtol=2 ** -10, atol=2 ** -10 * np.abs(phi).max())
+        phi = stored  # the Gram is from the float32 rows; scores read the stored float16 rows
         lam = TRAK_DAMPING * np.trace(xtx) / k
         phi_q = qf.grads["raw"][ci].astype(np.float64) @ s
         p = np.exp(-np.asarray(t.store.losses(ci), dtype=np.float64))

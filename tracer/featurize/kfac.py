@@ -106,7 +106,7 @@ def fit_factors(model: Any, groups: Sequence[tuple[str, str, int, int]], batches
         by_module.setdefault(name, []).append(key)
     n_examples, n_tokens = 0, 0.0
     for batch in batches:
-        mask = batch["attention_mask"].unsqueeze(-1).double()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
         with _fit_hooks(model, modules, by_module, acc, mask), _frozen(model):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            position_ids=batch["position_ids"]).logits
@@ -139,15 +139,16 @@ def _fit_hooks(model: Any, modules: dict[str, Any], by_module: dict[str, list[st
         module = modules[name]
 
         def forward_hook(mod: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-            x = inputs[0].detach().double()
+            # float32 products per batch (BLAS speed), float64 running sums (no drift over many batches)
+            x = inputs[0].detach().float()
             first = acc[keys[0]]
             if first.kind == LINEAR:
                 xm = x * mask
                 flat = xm.reshape(-1, xm.shape[-1])
-                first.a += flat.T @ flat  # type: ignore[operator]
+                first.a += (flat.T @ flat).double()  # type: ignore[operator]
             else:
-                xm = _normalized(module, x).double() * mask
-            output.register_hook(lambda g: _backward(keys, xm, g.detach().double(), acc))
+                xm = _normalized(module, x) * mask
+            output.register_hook(lambda g: _backward(keys, xm, g.detach().float(), acc))
 
         return forward_hook
 
@@ -165,14 +166,15 @@ def _backward(keys: list[str], xm: torch.Tensor, delta: torch.Tensor, acc: dict[
         a = acc[key]
         if a.kind == LINEAR:
             flat = delta.reshape(-1, delta.shape[-1])
-            a.s += flat.T @ flat  # type: ignore[operator]
+            a.s += (flat.T @ flat).double()  # type: ignore[operator]
             # exact ||sum_t delta_t x_t^T||_F^2 = sum_{t,s} (delta_t . delta_s)(x_t . x_s)
-            a.energy += float((torch.bmm(delta, delta.transpose(1, 2)) * torch.bmm(xm, xm.transpose(1, 2))).sum())
+            grams = torch.bmm(delta, delta.transpose(1, 2)) * torch.bmm(xm, xm.transpose(1, 2))
+            a.energy += float(grams.double().sum())
             continue
         g = torch.einsum("btd,btd->bd", delta, xm) if a.kind == NORM_WEIGHT else delta.sum(1)
-        a.energy += float((g * g).sum())
+        a.energy += float((g.double() ** 2).sum())
         if a.s is not None:
-            a.s += g.T @ g
+            a.s += (g.T @ g).double()
 
 
 def kfac_view(layout: Sequence[Block], factors: Factors) -> View:

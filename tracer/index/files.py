@@ -9,7 +9,7 @@ Layout of ``indexes/<name>/``::
     features/losses_ckpt<i>.npy   (n_docs,) float32 per-example losses
     gradient.faiss                FAISS IP index over the TracIn concatenation [sqrt(lr_c) g_c]
     influence/fisher_<j>.npy      (d_j, d_j) float32 per-block projected empirical Fisher (final ckpt)
-    trak/ckpt<i>.npy, trak/xtx_ckpt<i>.npy   TRAK sketch features and their Gram matrices
+    trak/ckpt<i>.npy, trak/xtx_ckpt<i>.npy   TRAK sketch features (float16) and their Gram matrices
     embeddings.npy, embedding.faiss           mean-pooled hidden states (final ckpt), cosine
     bm25/                         bm25s index (its own pickle-free format)
 """

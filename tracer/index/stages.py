@@ -162,11 +162,12 @@ def build_trak_stage(ctx: Any) -> dict[str, Any]:
         mat = _features(ctx, RAW, ci)
         k = min(ctx.cfg.trak_dim, mat.shape[1])
         sketch = torch.from_numpy(trak_sketch(mat.shape[1], k, ctx.cfg.seed))
-        out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float32, shape=(n, k))
+        # rows stored as float16 (half the bytes; the Gram is accumulated from the float32 rows)
+        out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float16, shape=(n, k))
         xtx = np.zeros((k, k))
         for lo in range(0, n, CHUNK):
             phi = torch.from_numpy(np.array(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
-            out[lo:lo + len(phi)] = phi.numpy()
+            out[lo:lo + len(phi)] = phi.numpy().astype(np.float16)
             xtx += (phi.double().T @ phi.double()).numpy()
         out.flush()
         del out

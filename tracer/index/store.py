@@ -196,6 +196,11 @@ class IndexStore:
             full = [b["d_out"], b["d_in"]] if b["kind"] == "linear" else [b["d_out"]]
             rows.append({"module": b["module"], "kind": b["kind"], "shape": list(b["shape"]), "full": full,
                          "energy_kept": kept.get(f"{b['module']}:{b['kind']}")})
+        stored = {f"{r['module']}:{r['kind']}" for r in rows}
+        for key, share in kept.items():  # groups the budget left out entirely
+            if key not in stored:
+                module, kind = key.rsplit(":", 1)
+                rows.append({"module": module, "kind": kind, "shape": [0], "full": [], "energy_kept": share})
         return rows
 
     @property
