@@ -182,6 +182,57 @@ def test_edited_manifest_is_detected(index_copy):
         IndexStore.open(index_copy)
 
 
+@pytest.mark.parametrize("edit", ["lr", "n_blocks", "view", "file"])
+def test_rewritten_manifest_with_a_recomputed_checksum_is_refused(index_copy, edit):
+    """D7: the self-checksum is unkeyed, so an editor can recompute it; the fingerprint (recomputed on
+    open from everything that decides scores) and the name checks still catch the edit."""
+    from tracer.index.manifest import _self_checksum
+
+    m = json.loads((index_copy / "manifest.json").read_text())
+    if edit == "lr":
+        m["checkpoints"][0]["lr"] *= 1000
+    elif edit == "n_blocks":
+        m["stages"]["trak"]["checkpoints"] += 5
+    elif edit == "view":
+        m["views"] = ["../../etc"]
+    else:
+        m["files"]["../outside.npy"] = {"size": 0, "sha256": ""}
+    if edit in ("view", "file"):
+        from tracer.index.manifest import fingerprint
+
+        m["fingerprint"] = fingerprint(m)  # even a consistent fingerprint does not admit a bad name
+    m["manifest_sha256"] = _self_checksum(m)
+    (index_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexCorruptError, match="manifest was modified|unknown view, stage or file name"):
+        IndexStore.open(index_copy, verify=True)
+
+
+@pytest.mark.parametrize("target", ["features/raw/ckpt0.npy", "gradient.faiss", "kfac/ckpt0.safetensors"])
+def test_same_size_damaged_header_is_one_corrupt_error(index_copy, tiny_bench, target):
+    """D6: a flipped header byte (size unchanged) fails with IndexCorruptError naming the file, never a traceback."""
+    from tracer import Tracer
+
+    f = index_copy / target
+    data = bytearray(f.read_bytes())
+    for i in range(2, 12):
+        data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+    t = Tracer.open(index_copy)  # sizes still match
+    q = tiny_bench.queries[0]
+    with pytest.raises(IndexCorruptError, match=target.split("/")[-1]):
+        t.trace(q.prompt, q.target, method="tracin", candidates="gradient", k=3)
+
+
+def test_symlinked_array_is_refused(index_copy, tmp_path):
+    f = index_copy / "features/losses_ckpt0.npy"
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes(f.read_bytes())
+    f.unlink()
+    f.symlink_to(outside)
+    with pytest.raises(IndexCorruptError, match="symlink"):
+        IndexStore.open(index_copy)
+
+
 def test_newer_format_is_refused(index_copy):
     m = json.loads((index_copy / "manifest.json").read_text())
     m["format_version"] = 99

@@ -16,6 +16,9 @@ Layout of ``indexes/<name>/``::
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 FORMAT_VERSION = 2  # bump when the layout changes incompatibly
 FORMAT_HISTORY = {1: "random projections, fp16 features, full FAISS copy",
                   2: "K-FAC eigenbasis and dimension budget, int8 features, compact FAISS over top coordinates"}
@@ -67,3 +70,23 @@ def trak_file(ckpt: int) -> str:
 
 def trak_xtx_file(ckpt: int) -> str:
     return f"{TRAK_DIR}/xtx_ckpt{ckpt}.npy"
+
+
+def load_array(path: Any, mmap: bool = False) -> Any:
+    """``np.load`` of an index array (never a pickle); any failure becomes one ``IndexCorruptError`` naming the file.
+
+    Symlinks are refused: an index is a self-contained directory.
+    """
+    import numpy as np
+
+    from tracer.errors import IndexCorruptError
+
+    if os.path.islink(path):
+        raise IndexCorruptError(f"{path} is a symlink; an index must not point outside itself")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise IndexCorruptError(f"{path} is missing (the index is incomplete; rebuild it)") from None
+    except Exception as exc:  # numpy raises ValueError, OSError, tokenize errors... for a damaged header
+        raise IndexCorruptError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:200]}); rebuild the index") \
+            from None

@@ -29,10 +29,16 @@ def file_table(root: Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, An
     return table
 
 
+FINGERPRINTED = ("corpus", "checkpoints", "featurize", "format_version", "config", "views", "stages", "files")
+VIEWS = ("raw", "adam")
+STAGES = ("fit", "gradients", "moments", "gradient_faiss", "influence", "trak", "embeddings", "bm25")
+
+
 def fingerprint(manifest: dict[str, Any]) -> str:
-    """A short stable id of an index: hash of its corpus, checkpoints and feature config."""
-    key = json.dumps({k: manifest.get(k) for k in ("corpus", "checkpoints", "featurize", "format_version")},
-                     sort_keys=True)
+    """A short stable id of an index: a hash of everything that decides its scores (corpus,
+    checkpoints and their learning rates, configs, views, stage records, and every file's sha256).
+    Recomputed on every open, so an edited manifest cannot keep its old identity."""
+    key = json.dumps({k: manifest.get(k) for k in FINGERPRINTED}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -82,6 +88,14 @@ def read_manifest(root: Path, verify: bool = False) -> dict[str, Any]:
             "(same --corpus and --model)")
     if manifest.get("manifest_sha256") != _self_checksum(manifest):
         raise IndexCorruptError(f"{path}: manifest was modified after the build (its checksum does not match)")
+    if manifest.get("fingerprint") != fingerprint(manifest):
+        raise IndexCorruptError(f"{path}: manifest was modified after the build (its fingerprint does not match "
+                                "its contents)")
+    bad = [v for v in manifest.get("views", []) if v not in VIEWS]
+    bad += [st for st in manifest.get("stages", {}) if st not in STAGES]
+    bad += [rel for rel in manifest.get("files", {}) if rel.startswith("/") or ".." in rel.split("/")]
+    if bad:
+        raise IndexCorruptError(f"{path}: unknown view, stage or file name {str(bad[0])[:200]!r} in the manifest")
     _check_files(root, manifest.get("files", {}), verify)
     return manifest
 
@@ -89,6 +103,8 @@ def read_manifest(root: Path, verify: bool = False) -> dict[str, Any]:
 def _check_files(root: Path, files: dict[str, dict[str, Any]], verify: bool) -> None:
     for rel, meta in files.items():
         p = root / rel
+        if p.is_symlink():
+            raise IndexCorruptError(f"{root}: file {rel} is a symlink; an index must not point outside itself")
         if not p.is_file():
             raise IndexCorruptError(f"{root}: file {rel} is missing")
         size = p.stat().st_size

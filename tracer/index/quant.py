@@ -86,8 +86,8 @@ def open_features(root: Any, view: str, ckpt: int, layout: Sequence[dict[str, An
     from tracer.index import files as F
 
     root = Path(root)
-    mat = np.load(root / F.feature_file(view, ckpt), mmap_mode="r", allow_pickle=False)
+    mat = F.load_array(root / F.feature_file(view, ckpt), mmap=True)
     if mat.dtype != np.int8:
         return mat
-    scales = np.load(root / F.scale_file(view, ckpt), mmap_mode="r", allow_pickle=False)
+    scales = F.load_array(root / F.scale_file(view, ckpt), mmap=True)
     return Int8Rows(mat, scales, block_bounds(layout))

@@ -29,7 +29,7 @@ class IndexStore:
         n = manifest["corpus"]["n_documents"]
         if len(self.doc_ids) != n:
             raise IndexCorruptError(f"{root}: {F.DOC_IDS} lists {len(self.doc_ids)} ids, manifest says {n}")
-        self._offsets = np.load(root / F.DOC_OFFSETS)
+        self._offsets = F.load_array(root / F.DOC_OFFSETS)
         self._cached_methods: list[Any] = []
         # Per-instance caches (memmaps, FAISS, BM25 loaded once per store, freed by clear_caches).
         for name, size in (("features", 64), ("losses", 16), ("fishers", 1), ("trak_features", 16),
@@ -118,36 +118,40 @@ class IndexStore:
     def _moments(self, view: str, ckpt: int) -> np.ndarray:
         """``(dim,)`` float64 ``E[g_i^2]`` per stored coordinate (EK-FAC's corrected diagonal in a kfac index)."""
         self.require("moments", "per-coordinate moments")
-        return np.load(self.root / F.moment_file(view, ckpt))
+        return F.load_array(self.root / F.moment_file(view, ckpt))
 
     def _kfac_factors(self, ckpt: int) -> Any:
         """The fitted K-FAC eigenbases of one checkpoint (query featurizing in a kfac index)."""
         from tracer.featurize.kfac import load_factors
 
         self.require("fit", "the K-FAC basis")
-        return load_factors(self.root / F.kfac_file(ckpt))
+        try:
+            return load_factors(self.root / F.kfac_file(ckpt))
+        except Exception as exc:  # safetensors raises its own errors for a damaged header
+            raise IndexCorruptError(f"{self.root / F.kfac_file(ckpt)} is damaged ({str(exc)[:200]}); "
+                                    "rebuild the index") from None
 
     def _gradient_coords(self) -> np.ndarray:
         """``(n_ckpt, m)`` coordinates of each checkpoint that the gradient FAISS index holds."""
         self.require("gradient_faiss", "gradient search")
-        return np.load(self.root / F.GRADIENT_COORDS)
+        return F.load_array(self.root / F.GRADIENT_COORDS)
 
     def _losses(self, ckpt: int) -> np.ndarray:
-        return np.load(self.root / F.loss_file(ckpt), mmap_mode="r")
+        return F.load_array(self.root / F.loss_file(ckpt), mmap=True)
 
     def _fishers(self) -> list[np.ndarray]:
         self.require("influence", "influence")
         n = self.stages["influence"]["n_blocks"]
-        return [np.load(self.root / F.fisher_file(j)) for j in range(n)]
+        return [F.load_array(self.root / F.fisher_file(j)) for j in range(n)]
 
     def _trak_features(self, ckpt: int) -> tuple[np.ndarray, np.ndarray]:
         self.require("trak", "trak")
-        return (np.load(self.root / F.trak_file(ckpt), mmap_mode="r"),
-                np.load(self.root / F.trak_xtx_file(ckpt)))
+        return (F.load_array(self.root / F.trak_file(ckpt), mmap=True),
+                F.load_array(self.root / F.trak_xtx_file(ckpt)))
 
     def _embeddings(self) -> np.ndarray:
         self.require("embeddings", "embedding")
-        return np.load(self.root / F.EMBEDDINGS, mmap_mode="r")
+        return F.load_array(self.root / F.EMBEDDINGS, mmap=True)
 
     def _faiss(self, which: str) -> Any:
         from tracer.index.dense import read_faiss
@@ -155,7 +159,11 @@ class IndexStore:
         stage, fname = {"gradient": ("gradient_faiss", F.GRADIENT_FAISS),
                         "embedding": ("embeddings", F.EMBEDDING_FAISS)}[which]
         self.require(stage, f"{which} search")
-        return read_faiss(self.root / fname)
+        try:
+            return read_faiss(self.root / fname)
+        except Exception as exc:  # FAISS raises RuntimeError for a damaged header
+            raise IndexCorruptError(f"{self.root / fname} is damaged ({str(exc).strip().splitlines()[-1][:200]}); "
+                                    "rebuild the index") from None
 
     def _bm25(self) -> Any:
         from tracer.index.lexical import BM25Index
