@@ -323,6 +323,8 @@ ERROR_CASES = [
     ("unknown candidates", {"candidates": 42}, INVALID, "candidates: unknown value 42"),
     ("unknown index", {"index": "nope"}, grpc.StatusCode.NOT_FOUND,
      "index: unknown index 'nope' (serving tiny)"),
+    ("huge index name", {"index": "x" * 100_000}, grpc.StatusCode.NOT_FOUND,
+     "index: unknown index '" + "x" * 200 + "…' (serving tiny)"),
     ("method not built", {"method": pb.METHOD_TRAK}, grpc.StatusCode.FAILED_PRECONDITION,
      "method 'trak': its features were not built for this index"),
     ("top_k over cap", {"top_k": 5000}, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -493,6 +495,8 @@ def test_auth_token(serve_fake: Callable[..., Served]) -> None:
         s.client.trace("p", "t")
     with TracerClient(s.address, token="s3cret") as good:
         assert good.trace("p", "t").hits and good.health() == "SERVING"
+    ok = s.stub.Trace(pb.TraceRequest(prompt="p", target="t"), timeout=5, metadata=(("authorization", "bearer s3cret"),))
+    assert ok.hits  # the scheme is case-insensitive (RFC 6750)
     assert s.client.health() == "SERVING"  # probes need no token
 
 

@@ -86,15 +86,18 @@ class _AuthInterceptor(grpc.ServerInterceptor):
     """Rejects calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED (health exempt)."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         if details.method.startswith(_HEALTH_PREFIX):
             return continuation(details)
         sent = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
-        if sent is not None and hmac.compare_digest(
-                sent.encode() if isinstance(sent, str) else bytes(sent), self._expected):
-            return continuation(details)
+        if sent is not None:
+            text = sent if isinstance(sent, str) else bytes(sent).decode("latin-1")
+            scheme, _, given = text.partition(" ")
+            # the auth scheme is case-insensitive (RFC 6750 / RFC 7235); the token is compared in constant time
+            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1"), self._expected):
+                return continuation(details)
         handler = continuation(details)
         if handler is None:
             return None

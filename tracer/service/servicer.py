@@ -133,7 +133,8 @@ class IndexRegistry:
             entry = self._entries.get(name)
             if entry is None:
                 serving = ", ".join(sorted(self._entries))
-                raise NotFoundError(f"index: unknown index {name!r} (serving {serving})")
+                shown = name if len(name) <= 200 else name[:200] + "…"
+                raise NotFoundError(f"index: unknown index {shown!r} (serving {serving})")
             return entry
 
 

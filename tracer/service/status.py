@@ -39,6 +39,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.IndexNotReadyError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.IndexMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.DataError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.BuildLockedError, grpc.StatusCode.ABORTED),
     (errors.LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.MethodDisabledError, grpc.StatusCode.UNIMPLEMENTED),
     (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -47,6 +48,9 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+MAX_DETAILS = 1000  # characters of an error message sent to the client
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
@@ -76,6 +80,8 @@ class _Call:
             details = f"internal error (request_id={self.request_id})"
         else:
             details = str(exc) or type(exc).__name__
+            if len(details) > MAX_DETAILS:  # client strings echoed in messages stay bounded (metadata limits)
+                details = details[:MAX_DETAILS] + "…"
             if isinstance(exc, errors.TracerError):
                 self._trailers((ERROR_TYPE_KEY, type(exc).__name__))
         self.log()
