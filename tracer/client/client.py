@@ -59,6 +59,7 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.TracerError]] = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.ABORTED: errors.BuildLockedError,
 }
 
 
