@@ -25,9 +25,9 @@ from tracer.index.stages import influence_sketch
 from tracer.methods.base import Method, QueryFeatures, damped_inverse
 from tracer.methods.tracin import gathered
 
-# Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/README).
+# Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/tune_damping.py).
 DEFAULT_DAMPING = 0.001
-DEFAULT_EKFAC_DAMPING = 0.01  # chosen on 120 queries outside the learned slice (README)
+DEFAULT_EKFAC_DAMPING = 0.01  # chosen on 120 queries outside the learned slice (eval/tune_damping.py, README)
 DEFAULT_EKFAC_CHECKPOINTS = "all"  # mean over checkpoints (an ensemble, as TRAK here); "last" = classic
 
 

@@ -17,7 +17,7 @@ from tracer.index.stages import trak_sketch
 from tracer.methods.base import Method, QueryFeatures, damped_inverse
 from tracer.methods.tracin import _gather
 
-# Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/README).
+# Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/tune_damping.py).
 DEFAULT_DAMPING = 0.1
 
 
