@@ -238,3 +238,17 @@ def test_evaluation_does_not_depend_on_query_order(tiny_index, tiny_bench):
             assert [d for d, _ in ranked[:10]] == [d for d, _ in other[:10]], (m, qid)
             np.testing.assert_allclose([s for _, s in ranked], [s for _, s in other], rtol=1e-4, atol=1e-6)
     assert a.report["methods"]["bm25"] == b.report["methods"]["bm25"]
+
+
+def test_evaluate_checks_its_deadline_per_query(tiny_index, tiny_bench, monkeypatch):
+    """D2: the deadline is checked before every query, not once per featurized batch of 32."""
+    import itertools
+
+    import tracer.evaluation as ev
+    from tracer.errors import DeadlineExceededError
+
+    t = Tracer.open(tiny_index)
+    clock = itertools.count(0.0, 10.0)  # each reading of the clock is 10 s later
+    monkeypatch.setattr(ev.time, "monotonic", lambda: next(clock))
+    with pytest.raises(DeadlineExceededError, match=r"after [1-4] of 5 queries"):
+        t.evaluate(tiny_bench.queries[:5], methods=["bm25"], deadline=15.0)

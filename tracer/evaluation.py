@@ -106,7 +106,9 @@ def _rank_all(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
             raise DeadlineExceededError(f"deadline exceeded after {done} of {len(queries)} queries")
         batch = queries[s:s + cfg.batch_size]
         feats = tracer.features([(q.prompt, q.target) for q in batch], cfg.methods, source)
-        for q, qf in zip(batch, feats):
+        for i, (q, qf) in enumerate(zip(batch, feats)):
+            if deadline is not None and time.monotonic() > deadline:  # per query: one call never overruns far
+                raise DeadlineExceededError(f"deadline exceeded after {done + i} of {len(queries)} queries")
             rng = np.random.default_rng([cfg.seed, zlib.crc32(q.query_id.encode())])  # stable across processes
             rows = None
             if cfg.policy == "ftrace":
