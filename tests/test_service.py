@@ -768,3 +768,63 @@ def test_real_tracer_serve_subprocess(tiny_index: Path, tiny_bench: Any, tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_drain_reports_not_serving_finishes_in_flight_and_refuses_new_calls() -> None:
+    """D4: while draining, health answers NOT_SERVING, a call in flight completes, a new call gets UNAVAILABLE."""
+    fake = FakeTracer(thread_safe=True)
+    srv, port = create_server(ServiceConfig(port=0, grace_s=10.0), {"tiny": fake})
+    srv.start()
+    try:
+        with TracerClient(f"127.0.0.1:{port}", timeout=10) as client:
+            stub = pb_grpc.TracerServiceStub(client._channel)
+            busy = stub.Trace.future(pb.TraceRequest(prompt="block", target="t"), timeout=CALL_TIMEOUT_S)
+            assert fake.entered.acquire(timeout=5)
+            t0 = time.monotonic()
+            stopped = srv.stop()
+            time.sleep(0.2)
+            assert client.health() == "NOT_SERVING"  # probes are still answered during the drain
+            with pytest.raises(UnavailableError, match="draining"):
+                client.trace("p", "t")
+            fake.release.set()
+            assert len(busy.result().hits) == 10  # drained, not dropped
+            assert stopped.wait(5) and time.monotonic() - t0 < 5  # stops as soon as nothing is in flight
+    finally:
+        fake.release.set()
+        srv.stop(0).wait(5)
+
+
+def test_serve_exits_within_grace_plus_margin_even_with_a_stuck_handler() -> None:
+    """D3/D4: a handler that never returns cannot hold ``serve`` past grace + STOP_MARGIN_S."""
+    import os
+    import signal as _signal
+
+    from tracer.service.server import STOP_MARGIN_S, UNCLEAN_STOP, serve
+
+    fake = FakeTracer(thread_safe=True)
+    started: dict[str, float] = {}
+
+    address_seen = []
+
+    def on_ready(address: str) -> None:
+        address_seen.append(address)
+
+        def fire() -> None:
+            channel = grpc.insecure_channel(address)
+            call = pb_grpc.TracerServiceStub(channel).Trace.future(pb.TraceRequest(prompt="block", target="t"),
+                                                                    timeout=60)
+            started["entered"] = fake.entered.acquire(timeout=30)
+            started["call"] = call
+            started["t"] = time.monotonic()
+            os.kill(os.getpid(), _signal.SIGTERM)  # always: the test must never wait on a signal that never comes
+
+        threading.Thread(target=fire, daemon=True).start()
+
+    try:
+        code = serve(ServiceConfig(port=0, grace_s=1.0), [("tiny", fake)], on_ready=on_ready)
+        call = started["call"]
+        assert started["entered"], (call.done() and call.exception(), address_seen)
+        assert code in (0, UNCLEAN_STOP)
+        assert time.monotonic() - started["t"] < 1.0 + STOP_MARGIN_S + 1.5
+    finally:
+        fake.release.set()

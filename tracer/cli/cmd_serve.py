@@ -96,8 +96,19 @@ def run(args: argparse.Namespace) -> int:
     def announce(address: str) -> None:
         print(f"tracer serving on {address}", flush=True)
 
+    from tracer.service.server import UNCLEAN_STOP
+
     try:
-        return serve(cfg, _indexes(dirs, args.verify), on_ready=announce)
+        code = serve(cfg, _indexes(dirs, args.verify), on_ready=announce)
     except OSError as exc:
         print(f"tracer serve: error: {exc}", file=sys.stderr)
         return 2
+    if code == UNCLEAN_STOP:  # gRPC threads may never finish: do not let interpreter shutdown wait on them
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return code

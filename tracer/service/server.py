@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, fields
@@ -166,13 +167,28 @@ class TracerServer:
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None) -> threading.Event:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace`` seconds.
+        """Drain, then stop: health says NOT_SERVING and new tracer RPCs get UNAVAILABLE at once (health
+        probes are still answered), in-flight calls get up to ``grace`` seconds, then gRPC stops.
 
-        Returns:
-            An event set once the server has fully stopped.
+        Returns immediately. Returns:
+            An event set once the server has fully stopped. gRPC's own stop can hang on a rare race
+            (malformed client-streaming calls), so callers should wait with a bound
+            (:data:`STOP_MARGIN_S` past the grace) rather than forever.
         """
+        grace = self.cfg.grace_s if grace is None else grace
         self._health.enter_graceful_shutdown()
-        return self.server.stop(self.cfg.grace_s if grace is None else grace)
+        done = threading.Event()
+
+        def drain() -> None:
+            deadline = time.monotonic() + grace
+            idle = self._registry.drain(grace)
+            if not idle:
+                logger.warning("grace of %.1fs over with calls still in flight: cancelling them", grace)
+            self.server.stop(max(0.0, deadline - time.monotonic())).wait()
+            done.set()
+
+        threading.Thread(target=drain, name="tracer-drain", daemon=True).start()
+        return done
 
     def close_indexes(self) -> None:
         """Close every served tracer (after :meth:`stop`)."""
@@ -260,12 +276,20 @@ def serve(cfg: ServiceConfig, indexes: Iterable[tuple[str, Any]], *,
             pass
         logger.info("draining (grace %.1fs)", cfg.grace_s)
     finally:
-        srv.stop().wait()
-        srv.close_indexes()
+        stopped = srv.stop().wait(cfg.grace_s + STOP_MARGIN_S)
+        if stopped:  # no handler can still be using an index
+            srv.close_indexes()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if not stopped:
+        logger.error("gRPC did not stop within grace + %.0fs; exiting without waiting for it", STOP_MARGIN_S)
+        return UNCLEAN_STOP
     logger.info("stopped")
     return 0
+
+
+STOP_MARGIN_S = 2.0  # how long past the grace a stop may take before the process exits anyway
+UNCLEAN_STOP = 3  # serve()'s return code when gRPC's stop had to be abandoned (exit with os._exit)
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:

@@ -97,6 +97,29 @@ class IndexRegistry:
         self._entries: dict[str, IndexEntry] = {}
         self._lock = threading.Lock()
         self.ready = False
+        self._calls = threading.Condition()
+        self._in_flight = 0
+        self.draining = False
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Count one RPC in flight; refused with UNAVAILABLE once the server drains."""
+        with self._calls:
+            if self.draining:
+                raise ServiceUnavailableError("server is draining (shutting down): retry on another replica")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._calls:
+                self._in_flight -= 1
+                self._calls.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new RPCs and wait up to ``timeout`` seconds for those in flight; True when none is left."""
+        with self._calls:
+            self.draining = True
+            return self._calls.wait_for(lambda: self._in_flight == 0, max(0.0, timeout))
 
     def add(self, name: str, tracer: Any) -> IndexEntry:
         """Register ``tracer`` under ``name``; a duplicate name is a ``ValueError``."""

@@ -8,6 +8,7 @@ traceback goes to the server log), and writes one structured log line per reques
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -98,6 +99,13 @@ class _Call:
         logger.info("rpc %s", json.dumps(record), extra={"rpc": record})
 
 
+def _active(servicer: Any) -> Any:
+    """The servicer's in-flight tracker (refuses calls while draining), or a no-op."""
+    registry = getattr(servicer, "_registry", None)
+    active = getattr(registry, "active", None)
+    return active() if callable(active) else contextlib.nullcontext()
+
+
 def rpc_method(func: _F) -> _F:
     """Decorate a servicer method: error mapping, request id and one log line per request.
 
@@ -113,7 +121,8 @@ def rpc_method(func: _F) -> _F:
             call = _Call(name, request, context)
             call._trailers()
             try:
-                yield from func(self, request, context)
+                with _active(self):
+                    yield from func(self, request, context)
             except Exception as exc:  # noqa: BLE001 - every error becomes a status, none escapes
                 call.fail(exc)
             except GeneratorExit:  # the client went away mid-stream
@@ -131,7 +140,8 @@ def rpc_method(func: _F) -> _F:
         call = _Call(name, request, context)
         call._trailers()
         try:
-            response = func(self, request, context)
+            with _active(self):
+                response = func(self, request, context)
         except Exception as exc:
             call.fail(exc)
             raise  # unreachable: fail() aborts the RPC
