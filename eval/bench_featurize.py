@@ -110,13 +110,15 @@ def _mask(layout, kinds) -> np.ndarray:
     return m
 
 
-def _stored(x: np.ndarray, layout, dtype: str) -> np.ndarray:
-    """Rows as the index stores and reads them back."""
+def _stored(x: np.ndarray, layout, dtype: str, factors=None) -> np.ndarray:
+    """Rows as the index stores and reads them back (a K-FAC index divides by the prescale first)."""
+    from tracer.featurize.kfac import prescale
     from tracer.index.quant import block_bounds, dequantize, quantize
 
     if dtype == "int8":
         bounds = block_bounds([b.to_dict() for b in layout])
-        return dequantize(*quantize(x, bounds), bounds)
+        sigma = np.ones(x.shape[1], np.float32) if factors is None else prescale(layout, factors).numpy()
+        return dequantize(*quantize(x / sigma, bounds), bounds) * sigma
     return x.astype(dtype).astype(np.float32)
 
 
@@ -156,7 +158,7 @@ def budget_curve(ck, tok, docs_enc, q_enc, exact_scores, enc_all, budgets_kb, mo
             cfg = FeaturizeConfig(dim=dim, dtype=dtype)
             fz = kfac_featurizer(ck, tok, cfg, factors, model=model)
             d, q = fz.featurize(docs_enc)[0]["raw"], fz.featurize(q_enc)[0]["raw"]
-            d, q = _stored(d, fz.layout, dtype), _stored(q, fz.layout, dtype)
+            d, q = _stored(d, fz.layout, dtype, factors), _stored(q, fz.layout, dtype, factors)
             rows.append({"kb": kb, "dtype": dtype, "features": "kfac", "dim": fz.dim,
                          "bytes": _bytes(fz.layout, dtype), **_agreement(exact_scores, q @ d.T)})
             k, vectors = _uniform_k(model, cfg, dim if dtype != "int8" else budget - 4 * n_groups)
@@ -175,6 +177,7 @@ def fidelity(ck, tok, cfg, docs_enc, q_enc, dense_k: int, enc_all=None, budgets_
     from tracer.featurize.dense import DenseProjector
 
     exact_fz = CheckpointFeaturizer(ck, tok, FeaturizeConfig.exact(batch_size=8), ["raw"])
+    factors = None
     if cfg.projection == "kfac":
         factors, _ = fit(ck, tok, cfg, enc_all, model=exact_fz.model)
         proj_fz = kfac_featurizer(ck, tok, cfg, factors, model=exact_fz.model, views=("raw", "adam"))
@@ -185,7 +188,8 @@ def fidelity(ck, tok, cfg, docs_enc, q_enc, dense_k: int, enc_all=None, budgets_
     exact_scores = ex_q.astype(np.float64) @ ex_d.T.astype(np.float64)
     out = {"n_docs": len(docs_enc), "n_queries": len(q_enc), "dim": proj_fz.dim, "exact_dim": exact_fz.dim,
            "kronecker": _agreement(exact_scores, pr_q["raw"] @ pr_d["raw"].T)}
-    sd, sq = _stored(pr_d["raw"], proj_fz.layout, cfg.dtype), _stored(pr_q["raw"], proj_fz.layout, cfg.dtype)
+    fac = factors if cfg.projection == "kfac" else None
+    sd, sq = _stored(pr_d["raw"], proj_fz.layout, cfg.dtype, fac), _stored(pr_q["raw"], proj_fz.layout, cfg.dtype, fac)
     out["kronecker_as_stored"] = {"dtype": cfg.dtype, "bytes": _bytes(proj_fz.layout, cfg.dtype),
                                   **_agreement(exact_scores, sq @ sd.T)}
     if budgets_kb:

@@ -65,10 +65,12 @@ def allocate(factors: Sequence[Factors], groups: Sequence[tuple[str, str, int, i
     vectors = sorted(((group_key(m, k), do) for m, k, _, do in groups if k != LINEAR),
                      key=lambda kv: -weight[kv[0]] / kv[1])
     projected: list[tuple[str, int]] = []
+    exact_used = 0  # the exact share is for vectors alone (the linear floors are charged to the rest)
     for key, d in vectors:
-        if used + d <= exact_share * dim:
+        if exact_used + d <= exact_share * dim and used + d <= dim:
             widths[key] = [d]
             used += d
+            exact_used += d
         else:
             projected.append((key, d))
     spec_in = {k: _shares(factors, k, "in_vals") for k, _, _ in linear}

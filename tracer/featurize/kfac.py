@@ -29,6 +29,7 @@ hooks as the featurizer, and costs ``O(T d^2)`` per layer per example on top.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -221,6 +222,33 @@ def truncate_factors(factors: Factors, layout: Sequence[Block]) -> Factors:
     return out
 
 
+def prescale(layout: Sequence[Block], factors: Factors) -> torch.Tensor:
+    """``(dim,)`` float32 predicted standard deviation of every stored coordinate (from untruncated factors).
+
+    Linear ``(j, i)``: ``sqrt(s_j a_i)`` (K-FAC); projected vector coordinate ``k``: ``sqrt(vals_k)``;
+    exact vector coordinate: ``sqrt(C_dd)``. int8 storage divides by it before quantising, so the
+    low-energy coordinates that EK-FAC and whitening up-weight keep their precision. Values are
+    floored at 1e-6 of their block's largest, so no coordinate is divided by zero.
+    """
+    parts = []
+    for b in layout:
+        f = factors[group_key(b.module, b.kind)]
+        if b.kind == LINEAR:
+            k_out, k_in = b.shape
+            var = f.out_vals[:k_out, None] * f.in_vals[None, :k_in]  # type: ignore[index]
+        elif f.out_vals is None:
+            var = torch.ones(b.size, dtype=torch.float64)
+        elif b.projected:
+            var = f.out_vals[: b.size]
+        else:
+            if f.out_vecs is None or f.out_vecs.shape[0] < b.d_out:
+                raise ValueError(f"{b.module} {b.kind}: prescale needs the untruncated eigenvectors")
+            var = (f.out_vecs.double() ** 2 * f.out_vals.double()[:, None]).sum(0)  # diag(Q diag(vals) Q^T)
+        sd = var.double().reshape(-1).clamp_min(0).sqrt()
+        parts.append(sd.clamp_min(max(float(sd.max()), 1e-30) * 1e-6))
+    return torch.cat(parts).float()
+
+
 # --- storage: one pickle-free safetensors file per checkpoint ---
 
 _FIELDS = ("in_vals", "in_vecs", "out_vals", "out_vecs")
@@ -238,8 +266,11 @@ def save_factors(factors: Factors, path: str | Path) -> None:
             if t is not None:
                 dtype = torch.float32 if name.endswith("vecs") else torch.float64
                 tensors[f"{key}/{name}"] = t.to(dtype).contiguous()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written factor file
 
 
 def load_factors(path: str | Path) -> Factors:

@@ -204,6 +204,8 @@ def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], o
     (part / F.BUILD_CONFIG).unlink()
     shutil.rmtree(part / F.BUILD_STATE)
     old = out.with_name(out.name + ".old")
+    if old.exists():  # left by a kill during an earlier swap
+        shutil.rmtree(old)
     if out.exists():
         out.rename(old)
     part.rename(out)
@@ -290,14 +292,14 @@ def _fit_stage(ctx: _BuildContext) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from tracer.featurize.budget import allocate, energy_kept
-    from tracer.featurize.kfac import load_factors, save_factors, truncate_factors
+    from tracer.featurize.kfac import load_factors, prescale, save_factors, truncate_factors
     from tracer.featurize.layout import build_layout, tracked_groups
     from tracer.model.loading import load_model
 
     fcfg = ctx.cfg.featurize
     rows = fit_sample(len(ctx.docs), fcfg)
     enc = encode_documents(ctx.tokenizer, [ctx.docs[int(r)] for r in rows], fcfg.max_length)
-    factors, groups, seconds = [], [], []
+    factors, groups = [], []
     for ci, ck in enumerate(ctx.checkpoints):
         path = ctx.root / F.kfac_file(ci)
         done = ctx.root / F.BUILD_STATE / f"fit-ckpt{ci}.done"
@@ -309,10 +311,10 @@ def _fit_stage(ctx: _BuildContext) -> dict[str, Any]:
                        disable=not ctx.progress)
             save_factors(fit_checkpoint(ck, ctx.tokenizer, fcfg, enc, model=model, progress=bar.update), path)
             bar.close()
-            done.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 2)}))
-        seconds.append(json.loads(done.read_text())["seconds"])
+            log.info("K-FAC fit of checkpoint %d: %.1fs", ci, time.perf_counter() - t0)
+            done.touch()
         factors.append(load_factors(path))
-    info: dict[str, Any] = {"fit_docs": len(rows), "seed": fcfg.seed, "seconds_per_checkpoint": seconds,
+    info: dict[str, Any] = {"fit_docs": len(rows), "seed": fcfg.seed,
                             "statistics": "A = E_t[x x^T], S = E_z[sum_t delta delta^T] (empirical, data labels)"}
     if fcfg.budgeted:
         widths, kept = allocate(factors, groups, fcfg.dim, fcfg.fit_floor, fcfg.exact_share)
@@ -336,8 +338,16 @@ def _fit_stage(ctx: _BuildContext) -> dict[str, Any]:
     layout = build_layout(model, fcfg.layers, fcfg.k_in, fcfg.k_out, fcfg.include_norms, fcfg.include_biases,
                           widths=widths)
     for ci, f in enumerate(factors):
+        if not (ctx.root / F.prescale_file(ci)).exists():  # needs the untruncated factors: before truncating
+            _save_atomic(ctx.root / F.prescale_file(ci), prescale(layout, f).numpy())
         save_factors(truncate_factors(f, layout), ctx.root / F.kfac_file(ci))
     return info
+
+
+def _save_atomic(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
 
 
 def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
@@ -360,6 +370,7 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
         fz = CheckpointFeaturizer(ck, ctx.tokenizer, fcfg, views, factors=factors, widths=widths)
         dim, layout = fz.dim, fz.layout
         bounds = block_bounds([b.to_dict() for b in layout])
+        sigma = np.load(ctx.root / F.prescale_file(ci)) if int8 and kfac else None
         mats = {v: _open_matrix(ctx.root / F.feature_file(v, ci), (n, dim), dtype) for v in views}
         scales = {v: _open_matrix(ctx.root / F.scale_file(v, ci), (n, len(layout)), np.float32)
                   for v in views} if int8 else {}
@@ -372,8 +383,14 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
             if not done.exists():
                 feats, loss = fz.featurize(enc[lo:hi])
                 for v in views:
+                    bad = ~np.isfinite(feats[v]).all(axis=1)
+                    if bad.any():
+                        raise ValueError(f"non-finite gradient features for documents "
+                                         f"{[ctx.docs[lo + int(i)].doc_id for i in np.nonzero(bad)[0][:5]]} at "
+                                         f"checkpoint {ci} (the loss overflowed?); fix or drop them")
                     if int8:
-                        mats[v][lo:hi], scales[v][lo:hi] = quantize(feats[v], bounds)
+                        x = feats[v] if sigma is None else feats[v] / sigma
+                        mats[v][lo:hi], scales[v][lo:hi] = quantize(x, bounds)
                         scales[v].flush()
                     else:
                         mats[v][lo:hi] = feats[v].astype(dtype)

@@ -52,6 +52,10 @@ def kfac_file(ckpt: int) -> str:
     return f"{KFAC_DIR}/ckpt{ckpt}.safetensors"
 
 
+def prescale_file(ckpt: int) -> str:
+    return f"{KFAC_DIR}/prescale_ckpt{ckpt}.npy"
+
+
 def moment_file(view: str, ckpt: int) -> str:
     return f"{MOMENTS_DIR}/{view}_ckpt{ckpt}.npy"
 

@@ -103,7 +103,7 @@ def read_manifest(root: Path, verify: bool = False) -> dict[str, Any]:
 def _check_files(root: Path, files: dict[str, dict[str, Any]], verify: bool) -> None:
     for rel, meta in files.items():
         p = root / rel
-        if p.is_symlink():
+        if p.is_symlink() or not p.resolve().is_relative_to(root.resolve()):
             raise IndexCorruptError(f"{root}: file {rel} is a symlink; an index must not point outside itself")
         if not p.is_file():
             raise IndexCorruptError(f"{root}: file {rel} is missing")

@@ -8,7 +8,11 @@ effect on dot products and rankings is measured in ``tests/test_quant.py`` and
 ``eval/bench_featurize.py``.
 
 :class:`Int8Rows` reads such a pair of memmaps like a float32 matrix (``shape``, ``len``,
-``rows[...]``), so methods and build stages do not care how features are stored.
+``rows[...]``), so methods and build stages do not care how features are stored. In a K-FAC
+index rows are divided by a per-coordinate ``prescale`` (the predicted standard deviation,
+:func:`tracer.featurize.kfac.prescale`) before quantising and multiplied back on reading, so
+the error bound above holds for ``x / prescale``: small-variance coordinates keep their
+relative precision instead of rounding to zero next to the block's largest one.
 """
 
 from __future__ import annotations
@@ -56,11 +60,15 @@ class Int8Rows:
     dtype = np.dtype(np.float32)
     ndim = 2
 
-    def __init__(self, q: np.ndarray, scales: np.ndarray, bounds: np.ndarray) -> None:
-        if q.shape[0] != scales.shape[0] or scales.shape[1] != len(bounds) - 1 or q.shape[1] != bounds[-1]:
-            raise ValueError(f"int8 features {q.shape} do not match scales {scales.shape} and "
-                             f"{len(bounds) - 1} blocks of total width {bounds[-1]}")
+    def __init__(self, q: np.ndarray, scales: np.ndarray, bounds: np.ndarray,
+                 prescale: np.ndarray | None = None) -> None:
+        if q.ndim != 2 or scales.ndim != 2 or q.shape[0] != scales.shape[0] or scales.shape[1] != len(bounds) - 1 \
+                or q.shape[1] != bounds[-1] or (prescale is not None and prescale.shape != (q.shape[1],)):
+            raise ValueError(f"int8 features {q.shape} do not match scales {scales.shape}, "
+                             f"{len(bounds) - 1} blocks of total width {bounds[-1]} and prescale "
+                             f"{None if prescale is None else prescale.shape}")
         self.q, self.scales, self.bounds = q, scales, bounds
+        self.prescale = None if prescale is None else np.asarray(prescale, dtype=np.float32)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,8 +79,9 @@ class Int8Rows:
 
     def __getitem__(self, rows: Any) -> np.ndarray:
         if isinstance(rows, (int, np.integer)):
-            return dequantize(self.q[rows][None], self.scales[rows][None], self.bounds)[0]
-        return dequantize(self.q[rows], self.scales[rows], self.bounds)
+            return self[np.asarray([rows])][0]
+        out = dequantize(self.q[rows], self.scales[rows], self.bounds)
+        return out if self.prescale is None else out * self.prescale
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
@@ -85,9 +94,20 @@ def open_features(root: Any, view: str, ckpt: int, layout: Sequence[dict[str, An
 
     from tracer.index import files as F
 
+    from tracer.errors import IndexCorruptError
+
     root = Path(root)
+    bounds = block_bounds(layout)
     mat = F.load_array(root / F.feature_file(view, ckpt), mmap=True)
+    if mat.ndim != 2 or mat.shape[1] != bounds[-1]:
+        raise IndexCorruptError(f"{root / F.feature_file(view, ckpt)} has shape {mat.shape}; the layout is "
+                                f"{bounds[-1]} wide")
     if mat.dtype != np.int8:
         return mat
     scales = F.load_array(root / F.scale_file(view, ckpt), mmap=True)
-    return Int8Rows(mat, scales, block_bounds(layout))
+    pre = root / F.prescale_file(ckpt)
+    sigma = F.load_array(pre) if pre.exists() else None
+    try:
+        return Int8Rows(mat, scales, bounds, sigma)
+    except ValueError as exc:
+        raise IndexCorruptError(f"{root / F.feature_file(view, ckpt)}: {exc}") from None

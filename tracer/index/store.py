@@ -118,7 +118,12 @@ class IndexStore:
     def _moments(self, view: str, ckpt: int) -> np.ndarray:
         """``(dim,)`` float64 ``E[g_i^2]`` per stored coordinate (EK-FAC's corrected diagonal in a kfac index)."""
         self.require("moments", "per-coordinate moments")
-        return F.load_array(self.root / F.moment_file(view, ckpt))
+        m = F.load_array(self.root / F.moment_file(view, ckpt))
+        width = sum(b["size"] for b in self.layout)
+        if m.shape != (width,):
+            raise IndexCorruptError(f"{self.root / F.moment_file(view, ckpt)} has shape {m.shape}; the layout is "
+                                    f"{width} wide")
+        return m
 
     def _kfac_factors(self, ckpt: int) -> Any:
         """The fitted K-FAC eigenbases of one checkpoint (query featurizing in a kfac index)."""

@@ -87,7 +87,7 @@ class _AuthInterceptor(grpc.ServerInterceptor):
     """Rejects calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED (health exempt)."""
 
     def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+        self._expected = token.strip().encode("latin-1")
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         if details.method.startswith(_HEALTH_PREFIX):
