@@ -354,7 +354,7 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from tracer.featurize.kfac import load_factors
-    from tracer.index.quant import block_bounds, quantize
+    from tracer.index.quant import block_bounds, quantize, release_pages
 
     fcfg = ctx.cfg.featurize
     enc = encode_documents(ctx.tokenizer, ctx.docs, fcfg.max_length)
@@ -397,6 +397,7 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
                     mats[v].flush()
                 losses[lo:hi] = loss
                 losses.flush()
+                release_pages(*mats.values(), *scales.values())  # written and flushed: not ours to hold
                 done.touch()
                 written += 1
                 if ctx.fail_after_shards is not None and written >= ctx.fail_after_shards:

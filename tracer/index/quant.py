@@ -111,3 +111,25 @@ def open_features(root: Any, view: str, ckpt: int, layout: Sequence[dict[str, An
         return Int8Rows(mat, scales, bounds, sigma)
     except ValueError as exc:
         raise IndexCorruptError(f"{root / F.feature_file(view, ckpt)}: {exc}") from None
+
+
+def release_pages(*arrays: Any) -> None:
+    """Drop the resident pages of memory-mapped arrays (``MADV_DONTNEED``; the data stays in the page cache).
+
+    Streaming stages read every row once; without this the mapped file pages of every feature
+    matrix they touched count toward the process's resident set until the map is closed.
+    """
+    import mmap
+
+    for arr in arrays:
+        if isinstance(arr, Int8Rows):
+            release_pages(arr.q, arr.scales)
+            continue
+        base = arr
+        while base is not None and not isinstance(base, mmap.mmap):
+            base = getattr(base, "_mmap", None) or getattr(base, "base", None)
+        if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                base.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed or not madvisable: nothing to release
+                pass

@@ -27,6 +27,7 @@ import torch
 from tracer.featurize.views import RAW
 from tracer.index import files as F
 from tracer.index.dense import build_faiss, write_faiss
+from tracer.index.quant import release_pages
 
 CHUNK = 2048  # rows per streamed block
 
@@ -51,6 +52,7 @@ def column_moments(mat: Any) -> np.ndarray:
     for lo in range(0, n, CHUNK):
         x = np.asarray(mat[lo:lo + CHUNK], dtype=np.float64)
         acc += np.einsum("ij,ij->j", x, x)
+        release_pages(mat)
     return acc / max(n, 1)
 
 
@@ -93,6 +95,7 @@ def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
     def chunks() -> Iterator[np.ndarray]:
         for lo in range(0, n, CHUNK):
             yield tracin_rows(mats, lrs, lo, min(n, lo + CHUNK), coords)
+            release_pages(*mats)
 
     def sample() -> np.ndarray:
         rng = np.random.default_rng(ctx.cfg.seed)
@@ -130,6 +133,7 @@ def block_fisher(mat: Any, layout: list[dict[str, Any]], sketches: list[np.ndarr
             if sk is not None:
                 xb = xb @ torch.from_numpy(sk)
             acc[j] += (xb.T @ xb).numpy()
+        release_pages(mat)
     return [a / n for a in acc]
 
 
@@ -168,6 +172,8 @@ def build_trak_stage(ctx: Any) -> dict[str, Any]:
         for lo in range(0, n, CHUNK):
             phi = torch.from_numpy(np.array(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
             out[lo:lo + len(phi)] = phi.numpy().astype(np.float16)
+            out.flush()
+            release_pages(mat, out)
             xtx += (phi.double().T @ phi.double()).numpy()
         out.flush()
         del out
