@@ -34,7 +34,7 @@ from tracer.corpus import load_corpus, load_queries
 from tracer.featurize.checkpoint import CheckpointFeaturizer, encode_documents
 from tracer.featurize.config import FeaturizeConfig
 from tracer.featurize.layout import BIAS, LINEAR, NORM_BIAS, NORM_WEIGHT
-from tracer.model.loading import load_checkpoints, load_tokenizer
+from tracer.model.loading import load_checkpoints, load_model, load_tokenizer
 from tracer.model.tokenization import encode_example, example_losses, pad_batch
 
 
@@ -72,7 +72,7 @@ def kfac_featurizer(ck, tok, cfg, factors, model=None, views=("raw",)):
     from tracer.featurize.budget import allocate
     from tracer.featurize.layout import tracked_groups
 
-    model = model if model is not None else __import__("tracer.model.loading", fromlist=["x"]).load_model(ck.path)
+    model = model if model is not None else load_model(ck.path)
     widths = None
     if cfg.budgeted:
         groups = tracked_groups(model, cfg.layers, cfg.include_norms, cfg.include_biases)
