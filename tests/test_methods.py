@@ -86,7 +86,7 @@ def test_influence_equals_explicit_damped_gauss_newton_solve(oracle):
 
 
 def test_trak_equals_the_formula_in_numpy(oracle):
-    from tracer.index.stages import trak_sketch
+    from tracer.featurize.sketch import trak_sketch
 
     t, q, grads = oracle
     qf = t.features([(q.prompt, q.target)], ["trak"])[0]
@@ -230,8 +230,8 @@ def test_evaluation_does_not_depend_on_query_order(tiny_index, tiny_bench):
     t = Tracer.open(tiny_index)
     qs = list(tiny_bench.queries[:12])
     cfg = EvalConfig(methods=("bm25", "tracin", "random"), policy="ftrace", n_boot=50, batch_size=5)
-    a = run_evaluation(t, qs, cfg)
-    b = run_evaluation(t, qs[::-1], cfg)
+    a = run_evaluation(t.retriever, qs, cfg)
+    b = run_evaluation(t.retriever, qs[::-1], cfg)
     for m in cfg.methods:  # queries are featurized in different batches: scores equal to float error
         for qid, ranked in a.runs[m].items():
             other = b.runs[m][qid]

@@ -16,18 +16,15 @@ import logging
 import zlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from tracer.errors import DeadlineExceededError, InvalidRequestError
 from tracer.metrics import aggregate, evaluate_run
 from tracer.methods.base import QueryFeatures
-from tracer.retrieval import candidate_rows, top_k
+from tracer.retrieval import Retriever, stopper
 from tracer.types import Query
-
-if TYPE_CHECKING:
-    from tracer.tracer import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +77,12 @@ class EvalResult:
     qrels: dict[str, set[str]]
 
 
-def _ftrace_rows(tracer: Tracer, q: Query, qf: QueryFeatures, texts: list[str], rng: np.random.Generator) -> np.ndarray:
-    store = tracer.store
+def _ftrace_rows(retriever: Retriever, q: Query, qf: QueryFeatures, texts: list[str],
+                 rng: np.random.Generator) -> np.ndarray:
+    store = retriever.store
     parts = [store.rows([p for p in q.proponents if p in store.row_of])]
     if store.has("bm25"):
-        parts.append(candidate_rows(store, qf, "bm25", 100))
+        parts.append(retriever.candidates(qf, "bm25", 100))
     needle = q.target.strip()
     sharing = [i for i, t in enumerate(texts) if needle and needle in t][:100]
     parts.append(np.asarray(sharing, dtype=np.int64))
@@ -92,10 +90,10 @@ def _ftrace_rows(tracer: Tracer, q: Query, qf: QueryFeatures, texts: list[str], 
     return np.unique(np.concatenate(parts))
 
 
-def _rank_all(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
+def _rank_all(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
               on_progress: Callable[[int, int, str], None] | None,
               deadline: float | None) -> dict[str, dict[str, list[tuple[str, float]]]]:
-    store = tracer.store
+    store = retriever.store
     k = max(cfg.ks)
     texts = [store.document(i).text for i in range(store.n_documents)] if cfg.policy == "ftrace" else []
     runs: dict[str, dict[str, list[tuple[str, float]]]] = {m: {} for m in cfg.methods}
@@ -105,20 +103,20 @@ def _rank_all(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError(f"deadline exceeded after {done} of {len(queries)} queries")
         batch = queries[s:s + cfg.batch_size]
-        feats = tracer.features([(q.prompt, q.target) for q in batch], cfg.methods, source)
+        feats = retriever.features([(q.prompt, q.target) for q in batch], cfg.methods, source, deadline)
         for i, (q, qf) in enumerate(zip(batch, feats)):
             if deadline is not None and time.monotonic() > deadline:  # per query: one call never overruns far
                 raise DeadlineExceededError(f"deadline exceeded after {done + i} of {len(queries)} queries")
             rng = np.random.default_rng([cfg.seed, zlib.crc32(q.query_id.encode())])  # stable across processes
             rows = None
             if cfg.policy == "ftrace":
-                rows = _ftrace_rows(tracer, q, qf, texts, rng)
+                rows = _ftrace_rows(retriever, q, qf, texts, rng)
             elif cfg.policy == "candidates":
-                rows = candidate_rows(store, qf, cfg.candidates, cfg.num_candidates)
-            for m in cfg.methods:
-                scores, top = tracer.rank(qf, m, source, k, cfg.num_candidates, rows)
+                rows = retriever.candidates(qf, cfg.candidates, cfg.num_candidates)
+            ranked = retriever.rank_many(qf, cfg.methods, k, rows, stopper(deadline))
+            for m, (scores, top) in ranked.items():
                 runs[m][q.query_id] = [(store.doc_ids[int(r)], float(sc)) for sc, r in zip(scores, top)]
-            qf.cache.clear()  # gathered candidate rows are large; keep memory flat across queries
+            qf.cache.clear()  # keep memory flat across queries
         done += len(batch)
         if on_progress:
             on_progress(done, len(queries), "rank")
@@ -141,14 +139,14 @@ def _fuse(method_runs: list[dict[str, list[tuple[str, float]]]], k: int) -> dict
     return fused
 
 
-def evaluate(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
+def evaluate(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
              on_progress: Callable[[int, int, str], None] | None = None,
              deadline: float | None = None) -> dict[str, Any]:
     """Run the benchmark and return the report dict (see ``tracer.metrics.report``)."""
-    return run_evaluation(tracer, queries, cfg, on_progress, deadline).report
+    return run_evaluation(retriever, queries, cfg, on_progress, deadline).report
 
 
-def run_evaluation(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
+def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
                    on_progress: Callable[[int, int, str], None] | None = None,
                    deadline: float | None = None) -> EvalResult:
     """Like :func:`evaluate`, also returning the ranked runs and qrels (for TREC files)."""
@@ -156,11 +154,11 @@ def run_evaluation(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
     if not queries:
         raise InvalidRequestError("no query has ground-truth proponents; nothing to evaluate")
     for m in cfg.methods:
-        tracer.method(m)  # fail fast on unknown / unavailable methods
+        retriever.method(m)  # fail fast on unknown / unavailable methods
     if cfg.policy == "candidates":
-        tracer.check_candidates(cfg.candidates)
+        retriever.check_candidates(cfg.candidates)
     t0 = time.perf_counter()
-    runs = _rank_all(tracer, queries, cfg, on_progress, deadline)
+    runs = _rank_all(retriever, queries, cfg, on_progress, deadline)
     qrels = {q.query_id: set(q.proponents) for q in queries}
     groups = {q.query_id: q.relation or "?" for q in queries}
     methods: dict[str, Any] = {}
@@ -168,11 +166,12 @@ def run_evaluation(tracer: Tracer, queries: Sequence[Query], cfg: EvalConfig,
         per_query = evaluate_run({qid: [d for d, _ in r] for qid, r in runs[m].items()}, qrels, cfg.ks)
         methods[m] = {"candidates": _label(cfg), **aggregate(per_query, groups, n_boot=cfg.n_boot, seed=cfg.seed)}
     if cfg.tail_patch:
-        _add_tail_patch(tracer, queries, runs, cfg, methods, on_progress)
-    settings = {**asdict(cfg), "index": tracer.name, "index_fingerprint": tracer.fingerprint,
-                "n_queries": len(queries), "n_documents": tracer.n_documents,
+        _add_tail_patch(retriever, queries, runs, cfg, methods, on_progress)
+    store = retriever.store
+    settings = {**asdict(cfg), "index": store.name, "index_fingerprint": store.fingerprint,
+                "n_queries": len(queries), "n_documents": store.n_documents,
                 "seconds": round(time.perf_counter() - t0, 1)}
-    report = {"title": f"tracer benchmark on {tracer.name}", "settings": settings, "methods": methods}
+    report = {"title": f"tracer benchmark on {store.name}", "settings": settings, "methods": methods}
     return EvalResult(report, runs, qrels)
 
 
@@ -184,7 +183,7 @@ def _label(cfg: EvalConfig) -> str:
     return f"{cfg.candidates}@{cfg.num_candidates}"
 
 
-def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, dict[str, list[tuple[str, float]]]],
+def _add_tail_patch(retriever: Retriever, queries: Sequence[Query], runs: dict[str, dict[str, list[tuple[str, float]]]],
                     cfg: EvalConfig, methods: dict[str, Any],
                     on_progress: Callable[[int, int, str], None] | None) -> None:
     from tracer.causal import tail_patch_deltas
@@ -192,9 +191,10 @@ def _add_tail_patch(tracer: Tracer, queries: Sequence[Query], runs: dict[str, di
     from tracer.model.loading import load_model
     from tracer.model.tokenization import encode_example
 
-    store, tok = tracer.store, tracer.encoder.tokenizer
-    model = load_model(tracer.encoder.dirs[cfg.tail_patch_checkpoint], attn_implementation="eager")  # honours moved models
-    max_len = tracer.encoder.cfg.max_length if tracer.encoder.cfg else 128
+    store, encoder = retriever.store, retriever.encoder
+    tok = encoder.tokenizer
+    model = load_model(encoder.dirs[cfg.tail_patch_checkpoint], attn_implementation="eager")  # honours moved models
+    max_len = encoder.cfg.max_length if encoder.cfg else 128
     subset = list(queries)[: cfg.tail_patch_max_queries]
     per_method: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.run_names}
     for i, q in enumerate(subset):

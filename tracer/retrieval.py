@@ -1,25 +1,69 @@
-"""Two-stage retrieval: candidate rows from a source, exact scores from a method, a tie-aware top-k.
+"""The query path: one :class:`Retriever` per index owns it from ``(prompt, target)`` to ranked rows.
 
-Candidate sources: ``bm25`` (lexical top-n), ``embedding`` (FAISS cosine top-n),
-``gradient`` (FAISS inner product in TracIn space, top-n), ``union`` of the three, or
-``full`` (every row). Full-corpus scoring is blockwise with a running top-k, so no
-``n_docs x n_queries`` matrix ever exists. Ties break by ``(-score, row)``.
+Two-stage retrieval: candidate rows from a source, exact scores from a method, a tie-aware top-k.
+Candidate sources (:data:`SOURCES`, the one table of them): ``bm25`` (lexical top-n),
+``embedding`` (FAISS cosine top-n), ``gradient`` (FAISS inner product in TracIn space, top-n),
+``union`` of the three, or ``full`` (every row). Full-corpus scoring is blockwise with a running
+top-k, so no ``n_docs x n_queries`` matrix ever exists. Ties break by ``(-score, row)``.
+
+Concurrency: query featurizing goes through a :class:`~tracer.batching.MicroBatcher` (concurrent
+queries share one batched forward+backward per checkpoint; the hooked models are used by one
+batch at a time), and scoring runs in the caller's thread with no lock: methods load their
+per-index constants once (``prepare``) before they are shared, and the store's lazy loads are
+locked. A :class:`Retriever` is therefore safe to call from many threads.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tracer.errors import InvalidRequestError
+from tracer.batching import BatchingConfig, MicroBatcher
+from tracer.errors import CancelledError, DeadlineExceededError, IndexNotReadyError, InvalidRequestError
 from tracer.featurize.views import RAW
 from tracer.index.store import IndexStore
-from tracer.methods.base import QueryFeatures
-from tracer.methods.registry import CANDIDATE_SOURCES
+from tracer.methods.base import GradientMethod, Method, QueryFeatures
+from tracer.methods.registry import METHODS, create_method, method_class
 
 BLOCK = 8192  # rows scored per block in full-corpus scans
-SOURCE_STAGE = {"bm25": "bm25", "embedding": "embeddings", "gradient": "gradient_faiss"}  # source -> index stage
+
+
+@dataclass(frozen=True)
+class Source:
+    """A candidate source: the index stage it searches (``None``: needs none) and the query feature it uses."""
+
+    stage: str | None
+    needs: str | None
+
+
+SOURCES: dict[str, Source] = {
+    "bm25": Source("bm25", None),
+    "embedding": Source("embeddings", "embedding"),
+    "gradient": Source("gradient_faiss", "grads"),
+    "union": Source(None, None),  # every built source above
+    "full": Source(None, None),
+}
+CANDIDATE_SOURCES: tuple[str, ...] = tuple(SOURCES)
+SOURCE_STAGE = {name: s.stage for name, s in SOURCES.items() if s.stage}  # source -> index stage
+
+Stop = Callable[[str], None]  # raises DeadlineExceededError / CancelledError when the call must end
+
+
+def stopper(deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> Stop:
+    """A check to call between (and inside) stages: raises once ``deadline`` passed or ``cancelled()``."""
+
+    def check(stage: str) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceededError(f"deadline exceeded before stage {stage!r}")
+        if cancelled is not None and cancelled():
+            raise CancelledError(f"cancelled by the client before stage {stage!r}")
+
+    return check
 
 
 def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,11 +79,13 @@ def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 
 def scan_full(score_fn: Callable[[np.ndarray], np.ndarray], n_rows: int, k: int,
-              block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Score every row blockwise keeping a running top-``k``."""
+              block: int = BLOCK, stop: Stop | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Score every row blockwise keeping a running top-``k``; ``stop`` is checked before each block."""
     best_s = np.empty(0)
     best_r = np.empty(0, dtype=np.int64)
     for lo in range(0, n_rows, block):
+        if stop is not None:
+            stop(f"full scan at row {lo}")
         rows = np.arange(lo, min(n_rows, lo + block), dtype=np.int64)
         s = score_fn(rows)
         best_s, best_r = top_k(np.concatenate([best_s, s]), np.concatenate([best_r, rows]), k)
@@ -47,9 +93,12 @@ def scan_full(score_fn: Callable[[np.ndarray], np.ndarray], n_rows: int, k: int,
 
 
 def tracin_query_vector(store: IndexStore, q: QueryFeatures) -> np.ndarray:
-    """The query in the gradient FAISS space ``[sqrt(lr_c) g_c(q)[coords_c]]`` (<q, z> ~ TracIn)."""
+    """The query in the gradient FAISS space (``<q, z>`` ~ TracIn over the stored coordinates)."""
+    from tracer.methods.tracin import tracin_space
+
     coords = store.gradient_coords()
-    return np.concatenate([np.sqrt(c["lr"]) * q.grads[RAW][i][coords[i]] for i, c in enumerate(store.checkpoints)])
+    return tracin_space([q.grads[RAW][i][coords[i]] for i in range(len(store.checkpoints))],
+                        [c["lr"] for c in store.checkpoints])
 
 
 def candidate_rows(store: IndexStore, q: QueryFeatures, source: str, n: int) -> np.ndarray:
@@ -60,29 +109,222 @@ def candidate_rows(store: IndexStore, q: QueryFeatures, source: str, n: int) -> 
         IndexNotReadyError: The source's index was not built.
     """
     from tracer.index.dense import search
+    from tracer.methods.baselines import bm25_scores
 
     if n < 1:
         raise InvalidRequestError(f"num_candidates must be >= 1, got {n}")
+    if source not in SOURCES:
+        raise InvalidRequestError(f"unknown candidates source {source!r}; expected one of "
+                                  f"{', '.join(CANDIDATE_SOURCES)}")
     if source == "full":
         return np.arange(store.n_documents, dtype=np.int64)
-    if source == "bm25":
-        from tracer.methods.baselines import BM25
-
-        s = BM25(store).score(q, np.arange(store.n_documents))
-        return np.sort(top_k(s, np.arange(store.n_documents), n)[1])
-    if source == "embedding":
-        store.require("embeddings", "candidates='embedding'")
-        assert q.embedding is not None  # computed by Tracer.features whenever the index has embeddings
-        _, rows = search(store.faiss("embedding"), q.embedding[None], min(n, store.n_documents))
-        return np.sort(rows[0][rows[0] >= 0])
-    if source == "gradient":
-        store.require("gradient_faiss", "candidates='gradient'")
-        _, rows = search(store.faiss("gradient"), tracin_query_vector(store, q)[None], min(n, store.n_documents))
-        return np.sort(rows[0][rows[0] >= 0])
     if source == "union":
         parts = [candidate_rows(store, q, s, n) for s in SOURCE_STAGE if store.has(SOURCE_STAGE[s])]
         return np.unique(np.concatenate(parts)) if parts else np.arange(0, dtype=np.int64)
-    raise InvalidRequestError(f"unknown candidates source {source!r}; expected one of {', '.join(CANDIDATE_SOURCES)}")
+    store.require(SOURCES[source].stage or "", f"candidates={source!r}")
+    if source == "bm25":
+        every = np.arange(store.n_documents, dtype=np.int64)
+        return np.sort(top_k(bm25_scores(store, q), every, n)[1])
+    if source == "embedding":
+        assert q.embedding is not None  # computed by Retriever.features whenever the index has embeddings
+        _, rows = search(store.faiss("embedding"), q.embedding[None], min(n, store.n_documents))
+    else:
+        _, rows = search(store.faiss("gradient"), tracin_query_vector(store, q)[None], min(n, store.n_documents))
+    return np.sort(rows[0][rows[0] >= 0])
+
+
+@dataclass
+class Retrieval:
+    """The ranked rows of one query and what it cost."""
+
+    features: QueryFeatures
+    scores: np.ndarray
+    rows: np.ndarray
+    n_candidates: int
+    timings_ms: dict[str, float]
+
+
+class Retriever:
+    """Owns one index's query path: store, query encoder, method cache, candidates, ranking.
+
+    Args:
+        store: The opened index.
+        checkpoint_dirs: Checkpoint paths if the models moved since the build.
+        method_params: Per-method parameters, e.g. ``{"influence": {"damping": 0.1}}``.
+        batching: How concurrent queries are gathered for featurizing.
+        encoder: A ready query encoder (built lazily from the manifest when ``None``).
+    """
+
+    def __init__(self, store: IndexStore, *, checkpoint_dirs: Sequence[str | Path] | None = None,
+                 method_params: dict[str, dict[str, Any]] | None = None,
+                 batching: BatchingConfig = BatchingConfig(), encoder: Any = None) -> None:
+        self.store = store
+        self.checkpoint_dirs = checkpoint_dirs
+        self.method_params = method_params or {}
+        self._encoder = encoder
+        self._methods: dict[str, Method] = {}
+        self._lock = threading.RLock()
+        self.batcher: MicroBatcher[tuple[str, str, bool, bool], QueryFeatures] = MicroBatcher(self._encode_batch,
+                                                                                            batching)
+
+    # --- what the index offers
+    def available_methods(self) -> list[str]:
+        return [m for m in METHODS if all(self.store.has(s) for s in method_class(m).requires)]
+
+    def available_candidates(self) -> list[str]:
+        return [s for s, src in SOURCES.items() if src.stage is None or self.store.has(src.stage)]
+
+    def check_candidates(self, candidates: str) -> None:
+        """``InvalidRequestError`` for an unknown source, ``IndexNotReadyError`` for one not built."""
+        if candidates not in SOURCES:
+            raise InvalidRequestError(f"unknown candidates source {candidates!r}; expected one of "
+                                      f"{', '.join(CANDIDATE_SOURCES)}")
+        stage = SOURCES[candidates].stage
+        if stage and not self.store.has(stage):
+            raise IndexNotReadyError(f"index {self.store.name!r} was built without {stage!r}, "
+                                     f"which candidates={candidates!r} needs")
+
+    # --- lazily built, shared state (built once under the lock)
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    from tracer.encoder import QueryEncoder
+
+                    self._encoder = QueryEncoder(self.store, self.checkpoint_dirs)
+        return self._encoder
+
+    def method(self, name: str) -> Method:
+        m = self._methods.get(name)
+        if m is None:
+            with self._lock:
+                m = self._methods.get(name)
+                if m is None:
+                    m = create_method(name, self.store, **self.method_params.get(name, {}))
+                    m.check_ready()
+                    m.prepare()
+                    self._methods[name] = m
+        return m
+
+    # --- featurizing
+    def _needs(self, methods: Sequence[str], candidates: str) -> tuple[bool, bool]:
+        needs = {n for m in methods for n in method_class(m).needs}
+        sources = [candidates] if candidates != "union" else [s for s in SOURCE_STAGE]
+        for s in sources:
+            src = SOURCES.get(s)
+            if src is not None and src.needs and src.stage and self.store.has(src.stage):
+                needs.add(src.needs)
+        return "grads" in needs, "embedding" in needs
+
+    def _encode_batch(self, items: list[tuple[str, str, bool, bool]]) -> list[QueryFeatures]:
+        grads = any(i[2] for i in items)
+        emb = any(i[3] for i in items)
+        pairs = [(p, t) for p, t, _, _ in items]
+        if not (grads or emb):
+            return [QueryFeatures(text=p + t) for p, t in pairs]
+        return self.encoder.encode_many(pairs, grads, emb)
+
+    def features(self, pairs: Sequence[tuple[str, str]], methods: Sequence[str], candidates: str = "bm25",
+                 deadline: float | None = None) -> list[QueryFeatures]:
+        """Query features for the given methods and candidate source (computed once, shared).
+
+        Goes through the micro-batcher, so concurrent callers share batched forward+backward passes.
+        """
+        grads, emb = self._needs(methods, candidates)
+        if not (grads or emb):
+            return [QueryFeatures(text=p + t) for p, t in pairs]
+        _ = self.encoder  # load models (and check fingerprints) outside the batch
+        return self.batcher.submit([(p, t, grads, emb) for p, t in pairs], deadline)
+
+    # --- ranking
+    def candidates(self, q: QueryFeatures, source: str, n: int) -> np.ndarray:
+        return candidate_rows(self.store, q, source, n)
+
+    def rank(self, q: QueryFeatures, method: str, k: int, rows: np.ndarray | None = None,
+             stop: Stop | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, rows)`` of one query over ``rows`` (``None``: the whole corpus, blockwise)."""
+        return self.rank_many(q, [method], k, rows, stop)[method]
+
+    def rank_many(self, q: QueryFeatures, methods: Sequence[str], k: int, rows: np.ndarray | None = None,
+                  stop: Stop | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Top-``k`` of several methods; gradient methods share one read of the rows (the kernel)."""
+        from tracer.methods.kernel import score_together
+
+        ms = [self.method(m) for m in methods]
+        grad = [m for m in ms if isinstance(m, GradientMethod)]
+        other = [m for m in ms if not isinstance(m, GradientMethod)]
+
+        def score_all(r: np.ndarray) -> dict[str, np.ndarray]:
+            out = score_together(self.store, q, r, grad) if grad else {}
+            out.update({m.name: m.score(q, r) for m in other})
+            return out
+
+        if rows is not None:
+            scored = score_all(rows)
+            return {m: top_k(scored[m], rows, k) for m in methods}
+        best = {m: (np.empty(0), np.empty(0, dtype=np.int64)) for m in methods}
+        for lo in range(0, self.store.n_documents, BLOCK):
+            if stop is not None:
+                stop(f"full scan at row {lo}")
+            r = np.arange(lo, min(self.store.n_documents, lo + BLOCK), dtype=np.int64)
+            scored = score_all(r)
+            for m in methods:
+                s0, r0 = best[m]
+                best[m] = top_k(np.concatenate([s0, scored[m]]), np.concatenate([r0, r]), k)
+        return best
+
+    def retrieve(self, prompt: str, target: str, *, method: str, candidates: str, k: int, num_candidates: int,
+                 deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> Retrieval:
+        """Featurize, gather candidates, rank: the whole query path of one (validated) query."""
+        return self.retrieve_many([(prompt, target)], method=method, candidates=candidates, k=k,
+                                  num_candidates=num_candidates, deadline=deadline, cancelled=cancelled)[0]
+
+    def retrieve_many(self, pairs: Sequence[tuple[str, str]], *, method: str, candidates: str, k: int,
+                      num_candidates: int, deadline: float | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> list[Retrieval]:
+        """:meth:`retrieve` for several queries, featurized in one batch."""
+        stop = stopper(deadline, cancelled)
+        t0 = time.perf_counter()
+        self.method(method)
+        feats = self.features(pairs, [method], candidates, deadline)
+        featurize_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(pairs))
+        out = []
+        for q in feats:
+            stop("candidates")
+            t1 = time.perf_counter()
+            rows = None if candidates == "full" else self.candidates(q, candidates, num_candidates)
+            t2 = time.perf_counter()
+            stop("rerank")
+            scores, top = self.rank(q, method, k, rows, stop)
+            t3 = time.perf_counter()
+            timings = {"featurize_ms": featurize_ms, "candidates_ms": (t2 - t1) * 1e3, "rerank_ms": (t3 - t2) * 1e3}
+            out.append(Retrieval(q, scores, top, self.store.n_documents if rows is None else len(rows), timings))
+        return out
+
+    # --- lifecycle
+    def warm(self) -> None:
+        """Load everything lazily loaded (checkpoints, FAISS, BM25, method constants) so the first query is fast.
+
+        Raises:
+            IndexMismatchError: The checkpoints on disk are not the ones the index was built from.
+        """
+        if self.store.has("gradients") or self.store.has("embeddings"):
+            _ = self.encoder
+        for m in self.available_methods():
+            self.method(m)
+        if self.store.has("bm25"):
+            self.store.bm25()
+        for which, stage in (("gradient", "gradient_faiss"), ("embedding", "embeddings")):
+            if self.store.has(stage):
+                self.store.faiss(which)
+
+    def close(self) -> None:
+        """Release models, memory maps and indexes (they reload if used again)."""
+        with self._lock:
+            self._methods.clear()
+            self._encoder = None
+            self.store.clear_caches()
 
 
 def reciprocal_rank_fusion(rankings: Sequence[np.ndarray], k: int = 60) -> tuple[np.ndarray, np.ndarray]:

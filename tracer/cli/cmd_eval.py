@@ -106,7 +106,7 @@ def _local(args: argparse.Namespace, queries: list[Any], kw: dict[str, Any], pro
     from tracer.tracer import Tracer
 
     tracer = Tracer.open(args.index)
-    res = run_evaluation(tracer, queries, EvalConfig(**kw, fusions=tuple(args.fuse)), on_progress=progress)
+    res = run_evaluation(tracer.retriever, queries, EvalConfig(**kw, fusions=tuple(args.fuse)), on_progress=progress)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for m, run_ in res.runs.items():
         write_run(out / "runs" / f"{m}.trec", run_, tag=f"tracer-{m}")

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--server", default=os.environ.get("TRACER_SERVER"), metavar="HOST:PORT",
                        help="address of a `tracer serve`")
     where.add_argument("--index-dir", metavar="DIR", help="query an index directory in-process, no server")
+    p.add_argument("--verify", action="store_true",
+                   help="with --index-dir: check every file's sha256 before answering (slow)")
     p.add_argument("--index", default=None, metavar="NAME",
                    help="index id on the server (optional if it serves only one)")
     p.add_argument("--prompt", required=True,
@@ -63,7 +65,7 @@ def _local(args: argparse.Namespace) -> TraceResult:
 
     from tracer.tracer import Tracer
 
-    t: Any = Tracer.open(args.index_dir)
+    t: Any = Tracer.open(args.index_dir, verify=args.verify)
     try:
         methods = t.available_methods()
         method = args.method or next((m for m in ("tracin", "bm25") if m in methods), "bm25")
@@ -93,6 +95,9 @@ def format_table(result: TraceResult) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.server and not args.index_dir:
         raise DataError("query: give --server HOST:PORT or --index-dir DIR")
+    if args.verify and not args.index_dir:
+        raise DataError("query: --verify checks an index directory: use it with --index-dir (a server "
+                        "verifies with `tracer serve --verify`)")
     result = _local(args) if args.index_dir else _remote(args)
     print(result.to_json() if args.json else format_table(result))
     return 0

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grace", type=float, default=float(_env("GRACE_S", 10.0)), metavar="S",
                    help="seconds in-flight calls get to finish on SIGTERM")
     p.add_argument("--verify", action="store_true", help="verify index checksums while loading")
+    p.add_argument("--no-reflection", dest="reflection", action="store_false",
+                   help="do not serve gRPC server reflection (it follows --auth-token-file when set)")
     p.set_defaults(func=run, env_indexes=env_indexes)
 
 
@@ -89,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
                             tls_cert=args.tls_cert, tls_key=args.tls_key,
                             max_concurrent_rpcs=args.max_concurrent,
                             max_workers=args.max_workers or args.max_concurrent, max_top_k=args.max_top_k,
-                            max_batch=args.max_batch, grace_s=args.grace)
+                            max_batch=args.max_batch, grace_s=args.grace,
+                            reflection=args.reflection)
     except ValueError as exc:
         raise DataError(f"invalid server settings: {exc}") from exc
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from tracer.featurize.views import RAW
+from tracer.featurize.sketch import influence_sketch, trak_sketch
 from tracer.index import files as F
 from tracer.index.dense import build_faiss, write_faiss
 from tracer.index.quant import release_pages
@@ -109,18 +110,6 @@ def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
             "space": "tracin: [sqrt(lr_c) * raw_c[coords_c]], coords = top lr * E[g^2] per checkpoint"}
 
 
-def influence_sketch(size: int, dim: int, block: int, seed: int) -> np.ndarray | None:
-    """The seeded ``(size, dim)`` JL sketch of an influence block, or ``None`` when ``size <= dim``.
-
-    Blocks wider than ``dim`` get their Fisher in a sketched space, so the per-block solve stays
-    ``dim x dim`` whatever the projection width.
-    """
-    if size <= dim:
-        return None
-    g = torch.Generator().manual_seed(20_011 + 7919 * block + seed)
-    return (torch.randn(size, dim, generator=g, dtype=torch.float64) / dim**0.5).numpy()
-
-
 def block_fisher(mat: Any, layout: list[dict[str, Any]], sketches: list[np.ndarray | None]) -> list[np.ndarray]:
     """Per-block ``1/N sum_z s_b s_b^T`` with ``s_b = g_b S_b`` (or ``g_b``), float64, streamed."""
     n = mat.shape[0]
@@ -151,12 +140,6 @@ def build_influence_stage(ctx: Any) -> dict[str, Any]:
         np.save(ctx.root / F.fisher_file(j), fb.astype(np.float32))
     return {"checkpoint": last, "n_blocks": len(fishers), "kind": "empirical Fisher of projected gradients",
             "blocks": "one per layout block", "block_dim": dim, "seed": ctx.cfg.seed}
-
-
-def trak_sketch(dim: int, trak_dim: int, seed: int) -> np.ndarray:
-    """The seeded ``(dim, trak_dim)`` Gaussian JL sketch TRAK applies to the stored features."""
-    g = torch.Generator().manual_seed(10_007 + seed)
-    return (torch.randn(dim, trak_dim, generator=g) / trak_dim**0.5).numpy()
 
 
 def build_trak_stage(ctx: Any) -> dict[str, Any]:

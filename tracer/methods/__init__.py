@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from tracer.methods.base import Method, QueryFeatures
-from tracer.methods.registry import CANDIDATE_SOURCES, METHODS, REGISTRY, create_method, method_class
+from tracer.methods.registry import METHODS, REGISTRY, create_method, method_class
 
-__all__ = ["CANDIDATE_SOURCES", "METHODS", "REGISTRY", "Method", "QueryFeatures", "create_method", "method_class"]
+__all__ = ["METHODS", "REGISTRY", "Method", "QueryFeatures", "create_method", "method_class"]

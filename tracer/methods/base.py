@@ -68,6 +68,9 @@ class Method(abc.ABC):
         for stage in self.requires:
             self.store.require(stage, f"method {self.name!r}")
 
+    def prepare(self) -> None:
+        """Load the per-index constants the method needs (called once, before any concurrent use)."""
+
     @abc.abstractmethod
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
         """Scores of ``rows``.
@@ -79,3 +82,43 @@ class Method(abc.ABC):
         Returns:
             ``(m,)`` float64 scores, higher = more supportive.
         """
+
+
+class GradientMethod(Method):
+    """A score made of inner products of stored gradient rows with per-checkpoint query vectors.
+
+    Subclasses give the query vectors (:meth:`vectors`, optionally :meth:`square_vectors` applied
+    to squared rows) and a pure :meth:`combine` of the products; the kernel
+    (:func:`tracer.methods.kernel.score_together`) reads the rows once for every such method.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("gradients",)
+    needs: ClassVar[tuple[str, ...]] = ("grads",)
+    #: multiply in float64 (scores that cancel heavily); float32 GEMMs otherwise
+    exact: ClassVar[bool] = False
+
+    def view(self) -> str:
+        """The stored gradient view the method reads."""
+        from tracer.featurize.views import RAW
+
+        return RAW
+
+    def checkpoint_indices(self) -> list[int]:
+        return list(range(len(self.store.checkpoints)))
+
+    @abc.abstractmethod
+    def vectors(self, q: QueryFeatures, ci: int) -> np.ndarray:
+        """``(D, k)`` query vectors for checkpoint ``ci``."""
+
+    def square_vectors(self, q: QueryFeatures, ci: int) -> np.ndarray | None:
+        """``(D, j)`` vectors applied to the squared rows of checkpoint ``ci`` (``None``: not needed)."""
+        return None
+
+    @abc.abstractmethod
+    def combine(self, dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        """Scores from ``{ci: ((m, k) products, (m, j) squared products or None)}``."""
+
+    def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
+        from tracer.methods.kernel import score_together
+
+        return score_together(self.store, q, rows, [self])[self.name]

@@ -7,7 +7,14 @@ import hashlib
 import numpy as np
 
 from tracer.methods.base import Method, QueryFeatures
-from tracer.methods.tracin import _gather
+from tracer.methods.tracin import gather_rows
+
+
+def bm25_scores(store: object, q: QueryFeatures) -> np.ndarray:
+    """BM25 scores of every document for the query text, computed once per query (cached on it)."""
+    if "bm25" not in q.cache:
+        q.cache["bm25"] = store.bm25().scores(q.text)  # type: ignore[attr-defined]
+    return q.cache["bm25"]
 
 
 class BM25(Method):
@@ -16,9 +23,7 @@ class BM25(Method):
     description = "BM25 of the example for the query text prompt + target (bm25s)"
 
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
-        if "bm25" not in q.cache:
-            q.cache["bm25"] = self.store.bm25().scores(q.text)
-        return q.cache["bm25"][rows].astype(np.float64)
+        return bm25_scores(self.store, q)[rows].astype(np.float64)
 
 
 class Embedding(Method):
@@ -29,7 +34,7 @@ class Embedding(Method):
 
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
         assert q.embedding is not None  # guaranteed by the pipeline (needs = embedding)
-        return (_gather(self.store.embeddings(), rows) @ q.embedding).astype(np.float64)
+        return (gather_rows(self.store.embeddings(), rows) @ q.embedding).astype(np.float64)
 
 
 class Random(Method):

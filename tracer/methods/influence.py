@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from tracer.featurize.views import RAW
-from tracer.index.stages import influence_sketch
-from tracer.methods.base import Method, QueryFeatures, damped_inverse
-from tracer.methods.tracin import gathered
+from tracer.featurize.sketch import influence_sketch
+from tracer.methods.base import GradientMethod, QueryFeatures, damped_inverse
+from tracer.methods.tracin import tracin_combine
 
 # Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/tune_damping.py).
 DEFAULT_DAMPING = 0.001
@@ -31,8 +31,8 @@ DEFAULT_EKFAC_DAMPING = 0.01  # chosen on 120 queries outside the learned slice 
 DEFAULT_EKFAC_CHECKPOINTS = "all"  # mean over checkpoints (an ensemble, as TRAK here); "last" = classic
 
 
-def ekfac_query(g: np.ndarray, moments: np.ndarray, bounds: np.ndarray, damping: float) -> np.ndarray:
-    """``g / (Lambda + lambda_b)`` per coordinate, ``lambda_b = damping * mean(Lambda[block b])`` (float64).
+def ekfac_denominator(moments: np.ndarray, bounds: np.ndarray, damping: float) -> np.ndarray:
+    """``Lambda + lambda_b`` per coordinate, ``lambda_b = damping * mean(Lambda[block b])`` (float64).
 
     Raises:
         ValueError: If ``damping <= 0``.
@@ -43,13 +43,18 @@ def ekfac_query(g: np.ndarray, moments: np.ndarray, bounds: np.ndarray, damping:
     widths = np.diff(bounds)
     per_block = np.add.reduceat(lam, bounds[:-1]) / np.maximum(widths, 1)
     damp = damping * np.maximum(np.repeat(per_block, widths), 1e-30)
-    return np.asarray(g, dtype=np.float64) / (lam + damp)
+    return lam + damp
 
 
-class Influence(Method):
+def ekfac_query(g: np.ndarray, moments: np.ndarray, bounds: np.ndarray, damping: float) -> np.ndarray:
+    """``g / (Lambda + lambda_b)``: the query rescaled by the damped EK-FAC diagonal (float64)."""
+    return np.asarray(g, dtype=np.float64) / ekfac_denominator(moments, bounds, damping)
+
+
+class Influence(GradientMethod):
     name = "influence"
     requires = ("gradients", "influence")
-    needs = ("grads",)
+    exact = True  # with small damping the transformed query is large and the products cancel
     description = ("g(q)^T (H + lambda)^-1 g(z), H = EK-FAC diagonal in the K-FAC eigenbasis (or a block-diagonal "
                    "projected Fisher for random projections), final checkpoint")
 
@@ -66,20 +71,32 @@ class Influence(Method):
         damped_inverse(np.eye(1), damping)  # validates damping now, not at the first query
         self.damping = damping
         self._inv: list[np.ndarray] | None = None
+        self._den: dict[int, np.ndarray] = {}
         self._sketches: dict[tuple[str, int], np.ndarray | None] = {}
 
-    def _ckpts(self) -> list[int]:
+    def checkpoint_indices(self) -> list[int]:
         n = len(self.store.checkpoints)
         return list(range(n)) if self.checkpoints == "all" else [n - 1]
+
+    def prepare(self) -> None:
+        if self.ekfac and not self._den:
+            from tracer.index.quant import block_bounds
+
+            bounds = block_bounds(self.store.layout)
+            self._den = {ci: ekfac_denominator(self.store.moments(RAW, ci), bounds, self.damping)
+                         for ci in self.checkpoint_indices()}
+        if not self.ekfac and self._inv is None:
+            self._inv = [damped_inverse(f, self.damping) for f in self.store.fishers()]
+            for j, b in enumerate(self.store.layout):
+                self._sketch(j, b["size"])
 
     def transformed_query(self, q: QueryFeatures, ci: int | None = None) -> np.ndarray:
         ci = len(self.store.checkpoints) - 1 if ci is None else ci
         key = f"influence:{self.damping}:{ci}"
         if key not in q.cache and self.ekfac:
-            from tracer.index.quant import block_bounds
-
-            q.cache[key] = ekfac_query(q.grads[RAW][ci], self.store.moments(RAW, ci),
-                                       block_bounds(self.store.layout), self.damping)
+            if ci not in self._den:
+                self.prepare()
+            q.cache[key] = np.asarray(q.grads[RAW][ci], dtype=np.float64) / self._den[ci]
         if key not in q.cache:
             if self._inv is None:
                 self._inv = [damped_inverse(f, self.damping) for f in self.store.fishers()]
@@ -102,11 +119,8 @@ class Influence(Method):
             self._sketches[key] = influence_sketch(size, info["block_dim"], block, info["seed"])
         return self._sketches[key]
 
-    def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
-        cks = self._ckpts()
-        total = np.zeros(len(rows))
-        for ci in cks:
-            x = gathered(self.store, q, RAW, ci, rows)
-            # float64: with small damping the transformed query is large and the dot product cancels
-            total += x.astype(np.float64) @ self.transformed_query(q, ci)
-        return total / len(cks)
+    def vectors(self, q: QueryFeatures, ci: int) -> np.ndarray:
+        return (self.transformed_query(q, ci) / len(self.checkpoint_indices()))[:, None]
+
+    def combine(self, dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        return tracin_combine(dots)  # the mean over checkpoints is in the vectors

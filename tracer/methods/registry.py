@@ -15,7 +15,6 @@ from tracer.methods.trak import Trak
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (BM25, Embedding, TracIn, TracInCosine, Influence, Trak,
                                                          Random)}
 METHODS: tuple[str, ...] = ("bm25", "embedding", "tracin", "tracin_cos", "influence", "trak", "random")
-CANDIDATE_SOURCES: tuple[str, ...] = ("bm25", "embedding", "gradient", "union", "full")
 
 
 def method_class(name: str) -> type[Method]:

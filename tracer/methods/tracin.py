@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from tracer.featurize.views import ADAM, RAW
-from tracer.methods.base import Method, QueryFeatures
+from tracer.methods.base import GradientMethod, QueryFeatures
 
 
-def _gather(mat: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def gather_rows(mat: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Rows of a memmap as float32 (read in sorted order; torch converts fp16 ~2x faster than numpy)."""
     import torch
 
@@ -30,28 +30,38 @@ def _gather(mat: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out[inverse] if not np.array_equal(order, np.arange(len(order))) else out
 
 
-def gathered(store: object, q: QueryFeatures, view: str, ckpt: int, rows: np.ndarray) -> np.ndarray:
-    """Rows of a feature matrix as float32, cached on the query so methods sharing rows read them once.
+def tracin_space(vectors: list[np.ndarray], lrs: list[float]) -> np.ndarray:
+    """``[sqrt(lr_c) v_c]_c`` concatenated: the space where ``<a, b>`` is the TracIn-CP sum over checkpoints.
 
-    The cache lives as long as the ``QueryFeatures``; long loops (``evaluation``) clear it per query.
+    The one place this concatenation is written: the gradient FAISS index stores corpus rows in
+    it, and queries are searched in it.
     """
-    key = ("rows", view, ckpt, len(rows), hash(rows.tobytes()))
-    if key not in q.cache:
-        q.cache[key] = _gather(store.features(view, ckpt), rows)  # type: ignore[attr-defined]
-    return q.cache[key]
+    return np.concatenate([np.sqrt(lr) * np.asarray(v, dtype=np.float32) for v, lr in zip(vectors, lrs)], axis=-1)
 
 
-class TracIn(Method):
+def tracin_combine(dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """``sum_c <lr_c g_c(q), g_c(z)>`` from the per-checkpoint products (the lr is in the query vector)."""
+    return np.sum([d[:, 0] for d, _ in dots.values()], axis=0)
+
+
+def cosine_combine(dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """``mean_c <w_c g~_c(q)/|g~_c(q)|, g_c(z)> / |w_c g_c(z)|`` from products and squared products."""
+    total = 0.0
+    for d, sq in dots.values():
+        assert sq is not None
+        total = total + d[:, 0] / np.maximum(np.sqrt(np.maximum(sq[:, 0], 0.0)), 1e-30)
+    return np.asarray(total, dtype=np.float64) / len(dots)
+
+
+class TracIn(GradientMethod):
     name = "tracin"
-    requires = ("gradients",)
-    needs = ("grads",)
     description = "sum over checkpoints of lr * <grad loss(query), grad loss(example)> (TracIn-CP)"
 
-    def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
-        total = np.zeros(len(rows))
-        for ci, ck in enumerate(self.store.checkpoints):
-            total += ck["lr"] * (gathered(self.store, q, RAW, ci, rows) @ q.grads[RAW][ci]).astype(np.float64)
-        return total
+    def vectors(self, q: QueryFeatures, ci: int) -> np.ndarray:
+        return (self.store.checkpoints[ci]["lr"] * q.grads[RAW][ci].astype(np.float64))[:, None]
+
+    def combine(self, dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        return tracin_combine(dots)
 
 
 DEFAULT_WHITEN_DAMPING = 0.1  # relative to the mean second moment; see the README's tracin_cos comparison
@@ -63,10 +73,8 @@ def whitening(moments: np.ndarray, damping: float) -> np.ndarray:
     return (1.0 / np.sqrt(lam + damping * max(float(lam.mean()), 1e-30))).astype(np.float32)
 
 
-class TracInCosine(Method):
+class TracInCosine(GradientMethod):
     name = "tracin_cos"
-    requires = ("gradients",)
-    needs = ("grads",)
     description = "mean over checkpoints of cosine of second-moment-corrected gradients (TrackStar)"
 
     def __init__(self, store, damping: float = DEFAULT_WHITEN_DAMPING, **params):  # type: ignore[no-untyped-def]
@@ -77,25 +85,31 @@ class TracInCosine(Method):
         self.whiten = store.has("fit") and store.has("moments")
         self._w: dict[int, np.ndarray] = {}
 
+    def prepare(self) -> None:
+        if self.whiten:
+            self._w = {ci: whitening(self.store.moments(RAW, ci), self.damping)
+                       for ci in range(len(self.store.checkpoints))}
+
     def view(self) -> str:
+        if self.whiten:
+            return RAW
         return ADAM if ADAM in self.store.manifest.get("views", []) else RAW
 
-    def _weights(self, ci: int) -> np.ndarray:
-        if ci not in self._w:
-            self._w[ci] = whitening(self.store.moments(RAW, ci), self.damping)
-        return self._w[ci]
+    def _weights(self, ci: int, dim: int) -> np.ndarray:
+        if self.whiten and ci not in self._w:
+            self.prepare()
+        return self._w[ci] if self.whiten else np.ones(dim, dtype=np.float32)
 
-    def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
-        view = RAW if self.whiten else self.view()
-        total = np.zeros(len(rows))
-        n_ckpt = len(self.store.checkpoints)
-        for ci in range(n_ckpt):
-            x = gathered(self.store, q, view, ci, rows)
-            qv = q.grads[view][ci]
-            if self.whiten:
-                w = self._weights(ci)
-                x, qv = x * w, qv * w
-            qn = qv / max(float(np.linalg.norm(qv.astype(np.float64))), 1e-30)
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-            total += (x @ qn.astype(np.float32)).astype(np.float64) / np.maximum(norms, 1e-30)
-        return total / n_ckpt
+    def vectors(self, q: QueryFeatures, ci: int) -> np.ndarray:
+        g = q.grads[self.view()][ci].astype(np.float64)
+        w = self._weights(ci, len(g)).astype(np.float64)
+        qv = g * w
+        qn = qv / max(float(np.linalg.norm(qv)), 1e-30)
+        return (qn * w)[:, None]  # <w x, qn> = <x, w qn>
+
+    def square_vectors(self, q: QueryFeatures, ci: int) -> np.ndarray:
+        w = self._weights(ci, len(q.grads[self.view()][ci])).astype(np.float64)
+        return (w * w)[:, None]  # |w x|^2 = <x^2, w^2>
+
+    def combine(self, dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        return cosine_combine(dots)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from tracer.featurize.views import RAW
-from tracer.index.stages import trak_sketch
+from tracer.featurize.sketch import trak_sketch
 from tracer.methods.base import Method, QueryFeatures, damped_inverse
-from tracer.methods.tracin import _gather
+from tracer.methods.tracin import gather_rows
 
 # Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/tune_damping.py).
 DEFAULT_DAMPING = 0.1
@@ -33,6 +33,15 @@ class Trak(Method):
         self.damping = damping
         self._sketch: np.ndarray | None = None
         self._inv: dict[int, np.ndarray] = {}
+
+    def prepare(self) -> None:
+        width = sum(b["size"] for b in self.store.layout)
+        for ci in range(len(self.store.checkpoints)):
+            feats, xtx = self.store.trak_features(ci)
+            if self._sketch is None:
+                self._sketch = trak_sketch(width, feats.shape[1], self.store.manifest["config"]["seed"])
+            if ci not in self._inv:
+                self._inv[ci] = damped_inverse(xtx, self.damping)
 
     def _query(self, q: QueryFeatures, ci: int) -> np.ndarray:
         key = f"trak:{self.damping}:{ci}"
@@ -54,5 +63,5 @@ class Trak(Method):
             feats, _ = self.store.trak_features(ci)
             qt = self._query(q, ci)
             one_minus_p = 1.0 - np.exp(-np.asarray(self.store.losses(ci))[rows].astype(np.float64))
-            total += (_gather(feats, rows) @ qt.astype(np.float32)).astype(np.float64) * one_minus_p
+            total += (gather_rows(feats, rows) @ qt.astype(np.float32)).astype(np.float64) * one_minus_p
         return total / n_ckpt

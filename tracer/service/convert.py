@@ -9,6 +9,7 @@ raises :class:`~tracer.errors.InvalidRequestError` with a message that names the
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath, PureWindowsPath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -138,9 +139,20 @@ def example(doc: Document) -> pb.Example:
     return msg
 
 
+def redact_paths(value: Any) -> Any:
+    """``value`` with every absolute path string cut to its last component (server paths stay private)."""
+    if isinstance(value, Mapping):
+        return {k: redact_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_paths(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "~", "\\\\")) or PureWindowsPath(value).drive):
+        return PurePosixPath(value.replace("\\", "/")).name or value
+    return value
+
+
 def index_info(name: str, fingerprint: str, n_documents: int, methods: Sequence[str],
                info: Mapping[str, Any]) -> pb.IndexInfo:
-    """An ``IndexInfo``; ``info`` (the tracer's ``info()`` dict) travels whole as JSON."""
+    """An ``IndexInfo``; ``info`` (the tracer's ``info()`` dict) travels as JSON, absolute paths redacted."""
     sources = [name_to_enum(pb.CandidateSource, c) for c in info.get("candidates", ())]
     return pb.IndexInfo(
         name=name,
@@ -148,7 +160,7 @@ def index_info(name: str, fingerprint: str, n_documents: int, methods: Sequence[
         num_examples=int(n_documents),
         methods=[name_to_enum(pb.Method, m) for m in methods],
         candidates=[s for s in sources if s],
-        info_json=json.dumps(info, default=str, sort_keys=True),
+        info_json=json.dumps(redact_paths(info), default=str, sort_keys=True),
     )
 
 

@@ -66,6 +66,9 @@ class ServiceConfig:
     batch_chunk: int = field(default=16, metadata={"help": "BatchTrace queries per tracer.trace_batch call"})
     # --- lifecycle
     grace_s: float = field(default=10.0, metadata={"help": "seconds in-flight calls get to finish on stop"})
+    # --- surface
+    reflection: bool = field(default=True, metadata={
+        "help": "serve gRPC server reflection (behind the bearer token when one is set)"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -107,6 +110,41 @@ class _AuthInterceptor(grpc.ServerInterceptor):
         record = {"rpc": details.method.rsplit("/", 1)[-1], "status": "UNAUTHENTICATED"}
         logger.info("rpc %s", json.dumps(record), extra={"rpc": record})
         return _deny(handler, message)
+
+
+class _OverloadLog(grpc.ServerInterceptor):
+    """Logs the calls gRPC turns away with RESOURCE_EXHAUSTED for ``maximum_concurrent_rpcs``.
+
+    gRPC rejects them in its polling thread before any handler runs, so the servicer never sees
+    them. Interceptors run in that same thread, under the lock gRPC holds while it decides, so
+    reading its in-flight count here predicts its decision exactly. Lines are rate-limited to one
+    per second (with the count of those folded in) so that an overload does not flood the log.
+    If grpc's internals change shape, nothing is logged and nothing breaks.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._state: Any = None
+        self._last = 0.0
+        self._folded = 0
+        self.rejected = 0  # total rejections seen (for tests and metrics)
+
+    def attach(self, server: grpc.Server) -> None:
+        state = getattr(server, "_state", None)
+        self._state = state if isinstance(getattr(state, "active_rpc_count", None), int) else None
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        state = self._state
+        if state is not None and state.active_rpc_count >= self._cap:
+            self.rejected += 1
+            self._folded += 1
+            now = time.monotonic()
+            if now - self._last >= 1.0:
+                record = {"rpc": details.method.rsplit("/", 1)[-1], "status": "RESOURCE_EXHAUSTED",
+                          "reason": f"{self._cap} calls in flight", "rejected_since_last_line": self._folded}
+                logger.warning("rpc %s", json.dumps(record), extra={"rpc": record})
+                self._last, self._folded = now, 0
+        return continuation(details)
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
@@ -221,18 +259,23 @@ def create_server(cfg: ServiceConfig, tracers: Mapping[str, Any] | None = None) 
     options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                ("grpc.max_send_message_length", cfg.max_message_bytes),
                ("grpc.so_reuseport", 0)]
-    interceptors = [_AuthInterceptor(cfg.auth_token)] if cfg.auth_token else []
+    overload = _OverloadLog(cfg.max_concurrent_rpcs)
+    interceptors: list[grpc.ServerInterceptor] = [overload]
+    if cfg.auth_token:
+        interceptors.append(_AuthInterceptor(cfg.auth_token))
     executor = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="tracer-rpc")
     server = grpc.server(executor, interceptors=interceptors, options=options,
                          maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+    overload.attach(server)
     registry = IndexRegistry()
     pb_grpc.add_TracerServiceServicer_to_server(TracerServicer(cfg, registry), server)
     health_servicer = health.HealthServicer()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if cfg.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     creds = _credentials(cfg)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import queue
 import threading
 import time
@@ -62,6 +63,7 @@ class IndexEntry:
     default_method: str
     default_candidates: str
     lock: threading.Lock | None = field(default=None, repr=False)
+    cancellable: bool = False  # tracer.trace accepts ``cancelled=`` (polled inside long scans)
 
     @classmethod
     def create(cls, name: str, tracer: Any) -> IndexEntry:
@@ -73,7 +75,15 @@ class IndexEntry:
         default_method = next((m for m in ("tracin", "bm25") if m in methods), fallback)
         default_candidates = "bm25" if "bm25" in sources else sources[0]
         lock = None if getattr(tracer, "thread_safe", False) else threading.Lock()
-        return cls(name, tracer, methods, info, default_method, default_candidates, lock)
+        try:
+            cancellable = "cancelled" in inspect.signature(tracer.trace).parameters
+        except (TypeError, ValueError):
+            cancellable = False
+        return cls(name, tracer, methods, info, default_method, default_candidates, lock, cancellable)
+
+    def cancel_check(self, context: grpc.ServicerContext) -> dict[str, Any]:
+        """``{"cancelled": ...}`` for the tracer's calls when it polls one, else ``{}``."""
+        return {"cancelled": lambda: not context.is_active()} if self.cancellable else {}
 
     @contextmanager
     def use(self, deadline: float | None) -> Iterator[Any]:
@@ -210,7 +220,7 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
         deadline = call_deadline(context)
         with entry.use(deadline) as tracer:
             result = tracer.trace(query.prompt, query.target, query_id=query.query_id, deadline=deadline,
-                                  **opts)
+                                  **opts, **entry.cancel_check(context))
         return self._respond(result, entry, opts["include_text"])
 
     @rpc_method
