@@ -163,6 +163,7 @@ class Retriever:
         self.method_params = method_params or {}
         self._encoder = encoder
         self._methods: dict[str, Method] = {}
+        self._executor: Any = None
         self._lock = threading.RLock()
         self.batcher: MicroBatcher[tuple[str, str, bool, bool], QueryFeatures] = MicroBatcher(self._encode_batch,
                                                                                             batching)
@@ -247,8 +248,12 @@ class Retriever:
         return self.rank_many(q, [method], k, rows, stop)[method]
 
     def rank_many(self, q: QueryFeatures, methods: Sequence[str], k: int, rows: np.ndarray | None = None,
-                  stop: Stop | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Top-``k`` of several methods; gradient methods share one read of the rows (the kernel)."""
+                  stop: Stop | None = None, gathered: dict[tuple[str, int], Any] | None = None
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Top-``k`` of several methods; gradient methods share one read of the rows (the kernel).
+
+        ``gathered``: prefetched copies of ``rows`` by ``(view, checkpoint)`` (see :meth:`prefetch`).
+        """
         from tracer.methods.kernel import score_together
 
         ms = [self.method(m) for m in methods]
@@ -256,7 +261,7 @@ class Retriever:
         other = [m for m in ms if not isinstance(m, GradientMethod)]
 
         def score_all(r: np.ndarray) -> dict[str, np.ndarray]:
-            out = score_together(self.store, q, r, grad) if grad else {}
+            out = score_together(self.store, q, r, grad, gathered if r is rows else None) if grad else {}
             out.update({m.name: m.score(q, r) for m in other})
             return out
 
@@ -280,25 +285,56 @@ class Retriever:
         return self.retrieve_many([(prompt, target)], method=method, candidates=candidates, k=k,
                                   num_candidates=num_candidates, deadline=deadline, cancelled=cancelled)[0]
 
+    def prefetch(self, methods: Sequence[str], rows: np.ndarray) -> dict[tuple[str, int], Any]:
+        """Copies of the candidate rows every gradient method in ``methods`` reads, by ``(view, checkpoint)``."""
+        from tracer.methods.kernel import gather
+
+        keys = {(m.view(), ci) for m in (self.method(n) for n in methods) if isinstance(m, GradientMethod)
+                for ci in m.checkpoint_indices()}
+        return {key: gather(self.store.features(*key), rows) for key in sorted(keys)}
+
+    def _pool(self) -> Any:
+        with self._lock:
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tracer-prefetch")
+            return self._executor
+
     def retrieve_many(self, pairs: Sequence[tuple[str, str]], *, method: str, candidates: str, k: int,
                       num_candidates: int, deadline: float | None = None,
                       cancelled: Callable[[], bool] | None = None) -> list[Retrieval]:
-        """:meth:`retrieve` for several queries, featurized in one batch."""
+        """:meth:`retrieve` for several queries, featurized in one batch.
+
+        With ``bm25`` candidates (which need only the query text) the candidate rows are found
+        first and read from the index in a background thread while the query is featurized, so
+        the rerank finds them in memory.
+        """
         stop = stopper(deadline, cancelled)
         t0 = time.perf_counter()
         self.method(method)
+        early: list[np.ndarray] | None = None
+        prefetched: list[Any] = []
+        if candidates == "bm25" and isinstance(self.method(method), GradientMethod):
+            early = [self.candidates(QueryFeatures(text=p + t), "bm25", num_candidates) for p, t in pairs]
+            prefetched = [self._pool().submit(self.prefetch, [method], r) for r in early]
+        t1 = time.perf_counter()
         feats = self.features(pairs, [method], candidates, deadline)
-        featurize_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(pairs))
+        featurize_ms = (time.perf_counter() - t1) * 1e3 / max(1, len(pairs))
+        early_ms = (t1 - t0) * 1e3 / max(1, len(pairs))
         out = []
-        for q in feats:
+        for i, q in enumerate(feats):
             stop("candidates")
             t1 = time.perf_counter()
-            rows = None if candidates == "full" else self.candidates(q, candidates, num_candidates)
+            rows = None if candidates == "full" else early[i] if early is not None else \
+                self.candidates(q, candidates, num_candidates)
             t2 = time.perf_counter()
             stop("rerank")
-            scores, top = self.rank(q, method, k, rows, stop)
+            gathered = prefetched[i].result() if prefetched else None
+            scores, top = self.rank_many(q, [method], k, rows, stop, gathered)[method]
             t3 = time.perf_counter()
-            timings = {"featurize_ms": featurize_ms, "candidates_ms": (t2 - t1) * 1e3, "rerank_ms": (t3 - t2) * 1e3}
+            timings = {"featurize_ms": featurize_ms, "candidates_ms": (t2 - t1) * 1e3 + early_ms,
+                       "rerank_ms": (t3 - t2) * 1e3}
             out.append(Retrieval(q, scores, top, self.store.n_documents if rows is None else len(rows), timings))
         return out
 
@@ -322,6 +358,9 @@ class Retriever:
     def close(self) -> None:
         """Release models, memory maps and indexes (they reload if used again)."""
         with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
             self._methods.clear()
             self._encoder = None
             self.store.clear_caches()

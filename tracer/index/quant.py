@@ -67,7 +67,8 @@ class Int8Rows:
             raise ValueError(f"int8 features {q.shape} do not match scales {scales.shape}, "
                              f"{len(bounds) - 1} blocks of total width {bounds[-1]} and prescale "
                              f"{None if prescale is None else prescale.shape}")
-        self.q, self.scales, self.bounds = q, scales, bounds
+        # plain ndarray views of the memmaps: np.memmap's Python-level __getitem__ costs more than a gather
+        self.q, self.scales, self.bounds = np.asarray(q), np.asarray(scales), bounds
         self.prescale = None if prescale is None else np.asarray(prescale, dtype=np.float32)
 
     @property

@@ -87,8 +87,8 @@ class Method(abc.ABC):
 class GradientMethod(Method):
     """A score made of inner products of stored gradient rows with per-checkpoint query vectors.
 
-    Subclasses give the query vectors (:meth:`vectors`, optionally :meth:`square_vectors` applied
-    to squared rows) and a pure :meth:`combine` of the products; the kernel
+    Subclasses give the query vectors (:meth:`vectors`, optionally per-row constants
+    :meth:`row_squares`) and a pure :meth:`combine` of the products; the kernel
     (:func:`tracer.methods.kernel.score_together`) reads the rows once for every such method.
     """
 
@@ -110,8 +110,11 @@ class GradientMethod(Method):
     def vectors(self, q: QueryFeatures, ci: int) -> np.ndarray:
         """``(D, k)`` query vectors for checkpoint ``ci``."""
 
-    def square_vectors(self, q: QueryFeatures, ci: int) -> np.ndarray | None:
-        """``(D, j)`` vectors applied to the squared rows of checkpoint ``ci`` (``None``: not needed)."""
+    def row_squares(self, ci: int, rows: np.ndarray, mat: Any, sel: Any) -> np.ndarray | None:
+        """Query-independent ``(m, j)`` per-row constants of checkpoint ``ci`` (``None``: not needed).
+
+        ``rows`` are the corpus rows, ``mat[sel]`` the same rows as stored (possibly a prefetched copy).
+        """
         return None
 
     @abc.abstractmethod

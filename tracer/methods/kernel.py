@@ -60,18 +60,88 @@ def n_rows(rows: np.ndarray | slice, n: int) -> int:
     return len(range(*rows.indices(n))) if isinstance(rows, slice) else len(rows)
 
 
+def int8_terms(v: np.ndarray, bounds: np.ndarray, terms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split float query vectors into ``terms`` int8 digits per block, laid out block-diagonally.
+
+    ``v[:, j]`` restricted to block ``b`` equals ``sum_t amp[b, t, j] * digits[:, (b, t, j)]`` up to
+    ``max|v_b| / (2 * 127**terms)``: each term quantises the previous one's remainder. Multiplying
+    int8 rows by the digits is exact in int32, so the only error of the int8 kernel is this one
+    (3 terms: ~2e-7 of the block's largest entry, float32's precision; 4 terms: ~2e-9).
+
+    Returns:
+        ``digits`` ``(D, >= n_blocks * terms * k)`` int8 (zero outside each block; columns padded
+        to a multiple of 16, the padding zero), ``amp``
+        ``(n_blocks, terms, k)`` float64.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    d, k = v.shape
+    nb = len(bounds) - 1
+    block_of = np.repeat(np.arange(nb), np.diff(bounds))
+    cols = nb * terms * k
+    # padded to a multiple of 16 columns: the int8 GEMM's fast path (zero columns cost nothing)
+    view = np.zeros((d, nb, terms, k), dtype=np.int8)
+    amp = np.zeros((nb, terms, k))
+    rest = v.copy()
+    parts = np.empty((d, terms, k), dtype=np.int8)
+    for t in range(terms):
+        top = np.maximum.reduceat(np.abs(rest), bounds[:-1], axis=0) if d else np.zeros((nb, k))
+        a = np.where(top > 0, top / 127.0, 1.0)
+        a_rows = a[block_of]
+        q = np.clip(np.rint(rest / a_rows), -127, 127)
+        parts[:, t, :] = q
+        amp[:, t, :] = np.where(top > 0, a, 0.0)
+        rest -= q * a_rows
+    view[np.arange(d), block_of] = parts
+    digits = np.zeros((d, -(-cols // 16) * 16), dtype=np.int8)
+    digits[:, :cols] = view.reshape(d, cols)
+    return digits, amp
+
+
+def _int8_dots(mat: Int8Rows, sel_all: np.ndarray | slice, m: int, v: np.ndarray, terms: int) -> np.ndarray:
+    """``X[rows] @ v`` (float64) for int8 rows: exact int32 products with :func:`int8_terms` digits."""
+    nb = len(mat.bounds) - 1
+    k = v.shape[1]
+    if mat.prescale is not None:
+        v = v * mat.prescale.astype(np.float64)[:, None]
+    digits, amp = int8_terms(v, mat.bounds, terms)
+    dt = torch.from_numpy(digits)
+    out = np.empty((m, k))
+    start = (sel_all.start or 0) if isinstance(sel_all, slice) else 0
+    step = INT8_CHUNK
+    for lo in range(0, m, step):
+        hi = min(m, lo + step)
+        sel = slice(start + lo, start + hi) if isinstance(sel_all, slice) else sel_all[lo:hi]
+        q = _tensor(mat.q[sel])
+        if hi - lo <= 16:  # _int_mm wants more than 16 rows: pad the tail
+            q = torch.cat([q, torch.zeros((17 - (hi - lo), q.shape[1]), dtype=torch.int8)])
+        p = torch._int_mm(q, dt)[: hi - lo, : nb * terms * k].numpy().astype(np.float64)
+        p = p.reshape(hi - lo, nb, terms, k)
+        per_block = np.einsum("rbtk,btk->rbk", p, amp)
+        out[lo:hi] = np.einsum("rbk,rb->rk", per_block, np.asarray(mat.scales[sel], dtype=np.float64))
+    return out
+
+
+INT8_CHUNK = 128  # rows per int8 GEMM: the gathered chunk stays in cache for the multiply
+INT8_TERMS = 2  # int8 digits per query vector: ~3e-5 of a block's largest entry, 1/125 of int8 storage error
+INT8_TERMS_EXACT = 4  # for exact methods
+
+
 def row_dots(mat: Any, rows: np.ndarray | slice, vectors: np.ndarray | None,
              square_vectors: np.ndarray | None = None,
              exact_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """``X[rows] @ V``, ``(X[rows] ** 2) @ U`` and ``X[rows] @ W`` in float64, in one pass over the rows.
+    """``X[rows] @ V``, ``(X[rows] ** 2) @ U`` and ``X[rows] @ W`` (the last more exactly), in one pass.
+
+    For int8 rows the products with ``V`` and ``W`` are int8 x int8 GEMMs (``torch._int_mm``, exact
+    in int32) against the query split into int8 digits (:func:`int8_terms`), so the stored rows
+    are never widened; squared products need the widened rows and take the float path.
 
     Args:
         mat: A float16/float32 ``(n, D)`` array or memmap, or :class:`Int8Rows` (its prescale is applied).
         rows: Int64 row numbers (any order; the output follows it) or a ``slice`` (a full-scan block).
-        vectors: ``(D, k)`` query vectors (float32 GEMM), or ``None``.
+        vectors: ``(D, k)`` query vectors (float32 GEMM for float rows), or ``None``.
         square_vectors: ``(D, j)`` vectors applied to the squared rows (e.g. a whitened norm), or ``None``.
-        exact_vectors: ``(D, l)`` vectors multiplied in float64 (for scores that cancel, e.g.
-            influence with small damping), or ``None``.
+        exact_vectors: ``(D, l)`` vectors for scores that cancel (e.g. influence with small damping):
+            float64 GEMM for float rows, 4 int8 digits for int8 rows; or ``None``.
 
     Returns:
         ``(m, k)``, ``(m, j)`` and ``(m, l)`` float64 products (``None`` where no vectors were given).
@@ -79,7 +149,25 @@ def row_dots(mat: Any, rows: np.ndarray | slice, vectors: np.ndarray | None,
     n = len(mat)
     sel_all, inverse = _selection(rows, n)
     m = n_rows(sel_all, n)
+    res: list[np.ndarray | None] = [None, None, None]
+    if isinstance(mat, Int8Rows) and hasattr(torch, "_int_mm"):
+        if vectors is not None:
+            res[0] = _int8_dots(mat, sel_all, m, np.asarray(vectors, dtype=np.float64), INT8_TERMS)
+        if exact_vectors is not None:
+            res[2] = _int8_dots(mat, sel_all, m, np.asarray(exact_vectors, dtype=np.float64), INT8_TERMS_EXACT)
+        vectors = exact_vectors = None
     groups: list[np.ndarray | None] = [vectors, square_vectors, exact_vectors]
+    if any(g is not None for g in groups):
+        floats = _float_dots(mat, sel_all, m, groups)
+        res = [r if r is not None else f for r, f in zip(res, floats)]
+    if inverse is not None:
+        res = [None if r is None else r[inverse] for r in res]
+    return res[0], res[1], res[2]
+
+
+def _float_dots(mat: Any, sel_all: np.ndarray | slice, m: int,
+                groups: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    """The widened-rows path of :func:`row_dots` (float32 GEMMs; float64 for the exact group)."""
     widths = None
     if isinstance(mat, Int8Rows):
         widths = torch.from_numpy(np.diff(mat.bounds))
@@ -95,46 +183,56 @@ def row_dots(mat: Any, rows: np.ndarray | slice, vectors: np.ndarray | None,
         sel = slice(start + lo, start + hi) if isinstance(sel_all, slice) else sel_all[lo:hi]
         x = _chunk(mat, sel, widths)
         if ts[2] is not None:
-            torch.matmul(x.to(torch.float64), ts[2], out=outs[2][lo:hi])
+            torch.matmul(x.to(torch.float64), ts[2], out=outs[2][lo:hi])  # type: ignore[index]
         if ts[0] is not None:
-            torch.matmul(x, ts[0], out=outs[0][lo:hi])
+            torch.matmul(x, ts[0], out=outs[0][lo:hi])  # type: ignore[index]
         if ts[1] is not None:
-            torch.matmul(x.mul_(x), ts[1], out=outs[1][lo:hi])
-    res = [None if o is None else o.numpy().astype(np.float64, copy=False) for o in outs]
-    if inverse is not None:
-        res = [None if r is None else r[inverse] for r in res]
-    return res[0], res[1], res[2]
+            torch.matmul(x.mul_(x), ts[1], out=outs[1][lo:hi])  # type: ignore[index]
+    return [None if o is None else o.numpy().astype(np.float64, copy=False) for o in outs]
 
 
-def score_together(store: Any, q: Any, rows: np.ndarray, methods: list[Any]) -> dict[str, np.ndarray]:
+def gather(mat: Any, rows: np.ndarray) -> Any:
+    """A compact in-memory copy of ``mat[rows]`` in its stored form (int8 rows stay int8).
+
+    Used to prefetch candidate rows while the query is featurized: score the copy with
+    ``rows=slice(0, len(rows))``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(mat, Int8Rows):
+        return Int8Rows(np.take(mat.q, rows, axis=0), np.take(mat.scales, rows, axis=0), mat.bounds, mat.prescale)
+    return np.take(np.asarray(mat), rows, axis=0)
+
+
+def score_together(store: Any, q: Any, rows: np.ndarray, methods: list[Any],
+                   gathered: dict[tuple[str, int], Any] | None = None) -> dict[str, np.ndarray]:
     """Scores of several :class:`~tracer.methods.base.GradientMethod` s with one read of the rows.
 
     The query vectors of every method are stacked per ``(view, checkpoint)`` and multiplied in one
     :func:`row_dots` pass (float32 products, and float64 ones for methods that set ``exact``);
-    each method's ``combine`` then turns its columns into scores.
+    per-row constants (``row_squares``, e.g. a whitened norm) come from the method's cache; each
+    method's ``combine`` then turns its columns into scores. ``gathered`` holds prefetched
+    copies of ``rows`` (from :func:`gather`) by ``(view, checkpoint)``.
     """
-    plan: dict[tuple[str, int], list[tuple[Any, np.ndarray, np.ndarray | None]]] = {}
+    plan: dict[tuple[str, int], list[tuple[Any, np.ndarray]]] = {}
     for m in methods:
         for ci in m.checkpoint_indices():
-            plan.setdefault((m.view(), ci), []).append((m, m.vectors(q, ci), m.square_vectors(q, ci)))
+            plan.setdefault((m.view(), ci), []).append((m, m.vectors(q, ci)))
     dots: dict[str, dict[int, tuple[np.ndarray, np.ndarray | None]]] = {m.name: {} for m in methods}
     for (view, ci), parts in plan.items():
         def stack(sel: list[np.ndarray]) -> np.ndarray | None:
             return np.concatenate(sel, axis=1) if sel else None
 
-        lin = stack([v for m, v, _ in parts if not m.exact])
-        sq = stack([u for m, _, u in parts if u is not None])
-        ex = stack([v for m, v, _ in parts if m.exact])
-        d, d_sq, d_ex = row_dots(store.features(view, ci), rows, lin, sq, ex)
-        c = c_sq = c_ex = 0
-        for m, v, u in parts:
+        lin = stack([v for m, v in parts if not m.exact])
+        ex = stack([v for m, v in parts if m.exact])
+        pre = (gathered or {}).get((view, ci))
+        mat, sel = (pre, slice(0, len(rows))) if pre is not None else (store.features(view, ci), rows)
+        d, _, d_ex = row_dots(mat, sel, lin, None, ex)
+        c = c_ex = 0
+        for m, v in parts:
             k = v.shape[1]
             if m.exact:
                 prod, c_ex = d_ex[:, c_ex:c_ex + k], c_ex + k  # type: ignore[index]
             else:
                 prod, c = d[:, c:c + k], c + k  # type: ignore[index]
-            prod_sq = None
-            if u is not None:
-                prod_sq, c_sq = d_sq[:, c_sq:c_sq + u.shape[1]], c_sq + u.shape[1]  # type: ignore[index]
-            dots[m.name][ci] = (prod, prod_sq)
+            dots[m.name][ci] = (prod, m.row_squares(ci, rows, mat, sel))
     return {m.name: m.combine(dots[m.name]) for m in methods}

@@ -12,6 +12,8 @@ examples with large gradients (outliers, long documents).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tracer.featurize.views import ADAM, RAW
@@ -84,6 +86,7 @@ class TracInCosine(GradientMethod):
         self.damping = damping
         self.whiten = store.has("fit") and store.has("moments")
         self._w: dict[int, np.ndarray] = {}
+        self._norms: dict[int, np.ndarray] = {}  # ckpt -> |w x|^2 per corpus row (NaN: not yet computed)
 
     def prepare(self) -> None:
         if self.whiten:
@@ -107,9 +110,25 @@ class TracInCosine(GradientMethod):
         qn = qv / max(float(np.linalg.norm(qv)), 1e-30)
         return (qn * w)[:, None]  # <w x, qn> = <x, w qn>
 
-    def square_vectors(self, q: QueryFeatures, ci: int) -> np.ndarray:
-        w = self._weights(ci, len(q.grads[self.view()][ci])).astype(np.float64)
-        return (w * w)[:, None]  # |w x|^2 = <x^2, w^2>
+    def row_squares(self, ci: int, rows: np.ndarray, mat: Any, sel: Any) -> np.ndarray:
+        """``|w x|^2 = <x^2, w^2>`` per row: query-independent, so computed once per row and cached.
+
+        The cache is one float64 per row and checkpoint (NaN until computed). Concurrent callers may
+        compute the same row twice; they write the same value, so no lock is needed.
+        """
+        cache = self._norms.get(ci)
+        if cache is None:
+            cache = self._norms.setdefault(ci, np.full(self.store.n_documents, np.nan))
+        rows = np.asarray(rows, dtype=np.int64)
+        missing = np.nonzero(np.isnan(cache[rows]))[0]
+        if len(missing):
+            from tracer.methods.kernel import row_dots
+
+            w = self._weights(ci, mat.shape[1]).astype(np.float64)
+            local = missing + (sel.start or 0) if isinstance(sel, slice) else np.asarray(sel)[missing]
+            _, sq, _ = row_dots(mat, local, None, (w * w)[:, None])
+            cache[rows[missing]] = sq[:, 0]  # type: ignore[index]
+        return cache[rows][:, None]
 
     def combine(self, dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
         return cosine_combine(dots)
