@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from tracer.errors import DeadlineExceededError
 
@@ -34,12 +35,37 @@ class BatchingConfig:
     max_batch: int = field(default=16, metadata={"help": "most items featurized in one batch"})
     max_wait_ms: float = field(default=0.0, metadata={
         "help": "how long a batch leader waits for more requests (0: only those queued while busy)"})
+    torch_threads: int = field(default=1, metadata={
+        "help": "torch intra-op threads per query-path thread (1: concurrency comes from requests)"})
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"BatchingConfig.max_batch must be >= 1, got {self.max_batch}")
+        if self.torch_threads < 1:
+            raise ValueError(f"BatchingConfig.torch_threads must be >= 1, got {self.torch_threads}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"BatchingConfig.max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads in this thread, then restore the previous count.
+
+    OpenMP's thread count is per calling thread, so this does not touch other threads. On a small
+    machine serving concurrent requests, two intra-op threads per request thread measured 2-3x
+    slower featurizing than one (``eval/bench_service.py``): the OpenMP teams spin against each
+    other and against the scoring threads.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
 
 class _Request:
@@ -121,14 +147,16 @@ class MicroBatcher(Generic[X, Y]):
     def _run(self, batch: list[_Request]) -> None:
         items = [x for r in batch for x in r.items]
         try:
-            results = self._fn(items)
+            with intra_op_threads(self.cfg.torch_threads):
+                results = self._fn(items)
         except BaseException as exc:  # noqa: BLE001 - handed to the callers
             if len(batch) == 1:
                 batch[0].error = exc
                 return
             for r in batch:  # isolate the failing request
                 try:
-                    r.results = self._fn(r.items)
+                    with intra_op_threads(self.cfg.torch_threads):
+                        r.results = self._fn(r.items)
                 except BaseException as one:  # noqa: BLE001
                     r.error = one
             return

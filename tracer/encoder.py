@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,17 +65,25 @@ class QueryEncoder:
         return self.encode_many([(prompt, target)], need_grads, need_embedding)[0]
 
     def encode_many(self, pairs: Sequence[tuple[str, str]], need_grads: bool = True,
-                    need_embedding: bool = True) -> list[QueryFeatures]:
-        """Features of several queries, batched per checkpoint."""
+                    need_embedding: bool = True,
+                    on_checkpoint: Callable[[int, list[QueryFeatures]], None] | None = None) -> list[QueryFeatures]:
+        """Features of several queries, batched per checkpoint.
+
+        Args:
+            on_checkpoint: Called with ``(ci, features)`` as soon as checkpoint ``ci``'s gradients are
+                in (the features so far), so scoring can start while later checkpoints are featurized.
+        """
         out = [QueryFeatures(text=p + t) for p, t in pairs]
         if need_grads and self.featurizers:
             enc = [encode_example(self.tokenizer, p, t, self.cfg.max_length) for p, t in pairs]  # type: ignore
-            for fz in self.featurizers:
+            for ci, fz in enumerate(self.featurizers):
                 feats, losses = fz.featurize(enc)
                 for i, q in enumerate(out):
                     for v, f in feats.items():
                         q.grads.setdefault(v, []).append(f[i])
                     q.losses.append(float(losses[i]))
+                if on_checkpoint is not None:
+                    on_checkpoint(ci, out)
         if need_embedding and self.store.has("embeddings"):
             model = self._final_model or self._load_final()
             emb = embed_texts(model, self.tokenizer, [p + t for p, t in pairs],

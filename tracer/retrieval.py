@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tracer.batching import BatchingConfig, MicroBatcher
+from tracer.batching import BatchingConfig, MicroBatcher, intra_op_threads
 from tracer.errors import CancelledError, DeadlineExceededError, IndexNotReadyError, InvalidRequestError
 from tracer.featurize.views import RAW
 from tracer.index.store import IndexStore
@@ -144,6 +144,34 @@ class Retrieval:
     timings_ms: dict[str, float]
 
 
+class _Pipeline:
+    """One query's rerank, scored checkpoint by checkpoint in the retriever's pool as gradients arrive."""
+
+    def __init__(self, retriever: Retriever, method: GradientMethod, rows: np.ndarray) -> None:
+        self.retriever, self.method, self.rows = retriever, method, rows
+        self.futures: dict[int, Any] = {}
+
+    def on_checkpoint(self, ci: int, q: QueryFeatures) -> None:
+        if ci in self.method.checkpoint_indices() and ci not in self.futures:  # a retried batch calls again
+            self.futures[ci] = self.retriever._pool().submit(self._score, q, ci)
+
+    def _score(self, q: QueryFeatures, ci: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        from tracer.methods.kernel import checkpoint_dots
+
+        with intra_op_threads(self.retriever.batching.torch_threads):
+            return checkpoint_dots(self.retriever.store, q, self.rows, [self.method], ci)
+
+    def scores(self, q: QueryFeatures) -> np.ndarray:
+        """The method's scores of ``rows`` (waits for the checkpoints in flight, scores any missed)."""
+        from tracer.methods.kernel import combine
+
+        for ci in self.method.checkpoint_indices():
+            if ci not in self.futures:
+                self.on_checkpoint(ci, q)
+        per_ckpt = {ci: f.result() for ci, f in self.futures.items()}
+        return combine([self.method], per_ckpt)[self.method.name]
+
+
 class Retriever:
     """Owns one index's query path: store, query encoder, method cache, candidates, ranking.
 
@@ -159,14 +187,15 @@ class Retriever:
                  method_params: dict[str, dict[str, Any]] | None = None,
                  batching: BatchingConfig = BatchingConfig(), encoder: Any = None) -> None:
         self.store = store
+        self.batching = batching
         self.checkpoint_dirs = checkpoint_dirs
         self.method_params = method_params or {}
         self._encoder = encoder
         self._methods: dict[str, Method] = {}
         self._executor: Any = None
         self._lock = threading.RLock()
-        self.batcher: MicroBatcher[tuple[str, str, bool, bool], QueryFeatures] = MicroBatcher(self._encode_batch,
-                                                                                            batching)
+        self.batcher: MicroBatcher[tuple[str, str, bool, bool, Any], QueryFeatures] = MicroBatcher(
+            self._encode_batch, batching)
 
     # --- what the index offers
     def available_methods(self) -> list[str]:
@@ -218,25 +247,35 @@ class Retriever:
                 needs.add(src.needs)
         return "grads" in needs, "embedding" in needs
 
-    def _encode_batch(self, items: list[tuple[str, str, bool, bool]]) -> list[QueryFeatures]:
+    def _encode_batch(self, items: list[tuple[str, str, bool, bool, Any]]) -> list[QueryFeatures]:
         grads = any(i[2] for i in items)
         emb = any(i[3] for i in items)
-        pairs = [(p, t) for p, t, _, _ in items]
+        pairs = [(i[0], i[1]) for i in items]
         if not (grads or emb):
             return [QueryFeatures(text=p + t) for p, t in pairs]
-        return self.encoder.encode_many(pairs, grads, emb)
+        sinks = [i[4] for i in items]
+
+        def on_checkpoint(ci: int, feats: list[QueryFeatures]) -> None:
+            for sink, q in zip(sinks, feats):
+                if sink is not None:
+                    sink(ci, q)
+
+        return self.encoder.encode_many(pairs, grads, emb, on_checkpoint if any(sinks) else None)
 
     def features(self, pairs: Sequence[tuple[str, str]], methods: Sequence[str], candidates: str = "bm25",
-                 deadline: float | None = None) -> list[QueryFeatures]:
+                 deadline: float | None = None,
+                 sinks: Sequence[Callable[[int, QueryFeatures], None]] | None = None) -> list[QueryFeatures]:
         """Query features for the given methods and candidate source (computed once, shared).
 
         Goes through the micro-batcher, so concurrent callers share batched forward+backward passes.
+        ``sinks[i](ci, features)`` is called as soon as query ``i``'s checkpoint ``ci`` is featurized.
         """
         grads, emb = self._needs(methods, candidates)
         if not (grads or emb):
             return [QueryFeatures(text=p + t) for p, t in pairs]
         _ = self.encoder  # load models (and check fingerprints) outside the batch
-        return self.batcher.submit([(p, t, grads, emb) for p, t in pairs], deadline)
+        sinks = list(sinks) if sinks is not None else [None] * len(pairs)
+        return self.batcher.submit([(p, t, grads, emb, s) for (p, t), s in zip(pairs, sinks)], deadline)
 
     # --- ranking
     def candidates(self, q: QueryFeatures, source: str, n: int) -> np.ndarray:
@@ -248,12 +287,13 @@ class Retriever:
         return self.rank_many(q, [method], k, rows, stop)[method]
 
     def rank_many(self, q: QueryFeatures, methods: Sequence[str], k: int, rows: np.ndarray | None = None,
-                  stop: Stop | None = None, gathered: dict[tuple[str, int], Any] | None = None
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Top-``k`` of several methods; gradient methods share one read of the rows (the kernel).
+                  stop: Stop | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Top-``k`` of several methods; gradient methods share one read of the rows (the kernel)."""
+        with intra_op_threads(self.batching.torch_threads):
+            return self._rank_many(q, methods, k, rows, stop)
 
-        ``gathered``: prefetched copies of ``rows`` by ``(view, checkpoint)`` (see :meth:`prefetch`).
-        """
+    def _rank_many(self, q: QueryFeatures, methods: Sequence[str], k: int, rows: np.ndarray | None,
+                   stop: Stop | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         from tracer.methods.kernel import score_together
 
         ms = [self.method(m) for m in methods]
@@ -261,7 +301,7 @@ class Retriever:
         other = [m for m in ms if not isinstance(m, GradientMethod)]
 
         def score_all(r: np.ndarray) -> dict[str, np.ndarray]:
-            out = score_together(self.store, q, r, grad, gathered if r is rows else None) if grad else {}
+            out = score_together(self.store, q, r, grad) if grad else {}
             out.update({m.name: m.score(q, r) for m in other})
             return out
 
@@ -285,20 +325,12 @@ class Retriever:
         return self.retrieve_many([(prompt, target)], method=method, candidates=candidates, k=k,
                                   num_candidates=num_candidates, deadline=deadline, cancelled=cancelled)[0]
 
-    def prefetch(self, methods: Sequence[str], rows: np.ndarray) -> dict[tuple[str, int], Any]:
-        """Copies of the candidate rows every gradient method in ``methods`` reads, by ``(view, checkpoint)``."""
-        from tracer.methods.kernel import gather
-
-        keys = {(m.view(), ci) for m in (self.method(n) for n in methods) if isinstance(m, GradientMethod)
-                for ci in m.checkpoint_indices()}
-        return {key: gather(self.store.features(*key), rows) for key in sorted(keys)}
-
     def _pool(self) -> Any:
         with self._lock:
             if self._executor is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tracer-prefetch")
+                self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tracer-score")
             return self._executor
 
     def retrieve_many(self, pairs: Sequence[tuple[str, str]], *, method: str, candidates: str, k: int,
@@ -306,20 +338,21 @@ class Retriever:
                       cancelled: Callable[[], bool] | None = None) -> list[Retrieval]:
         """:meth:`retrieve` for several queries, featurized in one batch.
 
-        With ``bm25`` candidates (which need only the query text) the candidate rows are found
-        first and read from the index in a background thread while the query is featurized, so
-        the rerank finds them in memory.
+        With ``bm25`` candidates (which need only the query text) and a gradient method, the
+        candidates are found first and each checkpoint is scored in a background thread as soon as
+        its gradients are in, while the next checkpoint is featurized: the rerank hides behind the
+        forward+backward passes, and only the last checkpoint's scoring is left after them.
         """
         stop = stopper(deadline, cancelled)
         t0 = time.perf_counter()
-        self.method(method)
+        m = self.method(method)
         early: list[np.ndarray] | None = None
-        prefetched: list[Any] = []
-        if candidates == "bm25" and isinstance(self.method(method), GradientMethod):
+        pipes: list[_Pipeline] = []
+        if candidates == "bm25" and isinstance(m, GradientMethod):
             early = [self.candidates(QueryFeatures(text=p + t), "bm25", num_candidates) for p, t in pairs]
-            prefetched = [self._pool().submit(self.prefetch, [method], r) for r in early]
+            pipes = [_Pipeline(self, m, r) for r in early]
         t1 = time.perf_counter()
-        feats = self.features(pairs, [method], candidates, deadline)
+        feats = self.features(pairs, [method], candidates, deadline, sinks=[p.on_checkpoint for p in pipes] or None)
         featurize_ms = (time.perf_counter() - t1) * 1e3 / max(1, len(pairs))
         early_ms = (t1 - t0) * 1e3 / max(1, len(pairs))
         out = []
@@ -330,8 +363,10 @@ class Retriever:
                 self.candidates(q, candidates, num_candidates)
             t2 = time.perf_counter()
             stop("rerank")
-            gathered = prefetched[i].result() if prefetched else None
-            scores, top = self.rank_many(q, [method], k, rows, stop, gathered)[method]
+            if pipes:
+                scores, top = top_k(pipes[i].scores(q), rows, k)  # type: ignore[arg-type]
+            else:
+                scores, top = self.rank(q, method, k, rows, stop)
             t3 = time.perf_counter()
             timings = {"featurize_ms": featurize_ms, "candidates_ms": (t2 - t1) * 1e3 + early_ms,
                        "rerank_ms": (t3 - t2) * 1e3}

@@ -191,42 +191,24 @@ def _float_dots(mat: Any, sel_all: np.ndarray | slice, m: int,
     return [None if o is None else o.numpy().astype(np.float64, copy=False) for o in outs]
 
 
-def gather(mat: Any, rows: np.ndarray) -> Any:
-    """A compact in-memory copy of ``mat[rows]`` in its stored form (int8 rows stay int8).
+def checkpoint_dots(store: Any, q: Any, rows: np.ndarray, methods: list[Any],
+                    ci: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Products of checkpoint ``ci``'s rows with every method's query vectors, one read per view.
 
-    Used to prefetch candidate rows while the query is featurized: score the copy with
-    ``rows=slice(0, len(rows))``.
+    Returns ``{method: (products, per-row constants or None)}`` for the methods that use ``ci``.
+    Needs only ``q.grads[view][ci]``, so a query's checkpoints can be scored as they are featurized.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    if isinstance(mat, Int8Rows):
-        return Int8Rows(np.take(mat.q, rows, axis=0), np.take(mat.scales, rows, axis=0), mat.bounds, mat.prescale)
-    return np.take(np.asarray(mat), rows, axis=0)
-
-
-def score_together(store: Any, q: Any, rows: np.ndarray, methods: list[Any],
-                   gathered: dict[tuple[str, int], Any] | None = None) -> dict[str, np.ndarray]:
-    """Scores of several :class:`~tracer.methods.base.GradientMethod` s with one read of the rows.
-
-    The query vectors of every method are stacked per ``(view, checkpoint)`` and multiplied in one
-    :func:`row_dots` pass (float32 products, and float64 ones for methods that set ``exact``);
-    per-row constants (``row_squares``, e.g. a whitened norm) come from the method's cache; each
-    method's ``combine`` then turns its columns into scores. ``gathered`` holds prefetched
-    copies of ``rows`` (from :func:`gather`) by ``(view, checkpoint)``.
-    """
-    plan: dict[tuple[str, int], list[tuple[Any, np.ndarray]]] = {}
+    by_view: dict[str, list[tuple[Any, np.ndarray]]] = {}
     for m in methods:
-        for ci in m.checkpoint_indices():
-            plan.setdefault((m.view(), ci), []).append((m, m.vectors(q, ci)))
-    dots: dict[str, dict[int, tuple[np.ndarray, np.ndarray | None]]] = {m.name: {} for m in methods}
-    for (view, ci), parts in plan.items():
-        def stack(sel: list[np.ndarray]) -> np.ndarray | None:
-            return np.concatenate(sel, axis=1) if sel else None
-
-        lin = stack([v for m, v in parts if not m.exact])
-        ex = stack([v for m, v in parts if m.exact])
-        pre = (gathered or {}).get((view, ci))
-        mat, sel = (pre, slice(0, len(rows))) if pre is not None else (store.features(view, ci), rows)
-        d, _, d_ex = row_dots(mat, sel, lin, None, ex)
+        if ci in m.checkpoint_indices():
+            by_view.setdefault(m.view(), []).append((m, m.vectors(q, ci)))
+    out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for view, parts in by_view.items():
+        lin = [v for m, v in parts if not m.exact]
+        ex = [v for m, v in parts if m.exact]
+        mat = store.features(view, ci)
+        d, _, d_ex = row_dots(mat, rows, np.concatenate(lin, axis=1) if lin else None, None,
+                              np.concatenate(ex, axis=1) if ex else None)
         c = c_ex = 0
         for m, v in parts:
             k = v.shape[1]
@@ -234,5 +216,25 @@ def score_together(store: Any, q: Any, rows: np.ndarray, methods: list[Any],
                 prod, c_ex = d_ex[:, c_ex:c_ex + k], c_ex + k  # type: ignore[index]
             else:
                 prod, c = d[:, c:c + k], c + k  # type: ignore[index]
-            dots[m.name][ci] = (prod, m.row_squares(ci, rows, mat, sel))
-    return {m.name: m.combine(dots[m.name]) for m in methods}
+            out[m.name] = (prod, m.row_squares(ci, rows, mat, rows))
+    return out
+
+
+def score_together(store: Any, q: Any, rows: np.ndarray, methods: list[Any]) -> dict[str, np.ndarray]:
+    """Scores of several :class:`~tracer.methods.base.GradientMethod` s with one read of the rows.
+
+    The query vectors of every method are stacked per ``(view, checkpoint)`` and multiplied in one
+    :func:`row_dots` pass (int8 GEMMs for int8 rows; float32, and float64 for methods that set
+    ``exact``, for float rows); per-row constants (``row_squares``, e.g. a whitened norm) come
+    from the method's cache; each method's ``combine`` turns its columns into scores.
+    """
+    cks = sorted({ci for m in methods for ci in m.checkpoint_indices()})
+    per_ckpt = {ci: checkpoint_dots(store, q, rows, methods, ci) for ci in cks}
+    return combine(methods, per_ckpt)
+
+
+def combine(methods: list[Any], per_ckpt: dict[int, dict[str, tuple[np.ndarray, np.ndarray | None]]]
+            ) -> dict[str, np.ndarray]:
+    """Each method's scores from the per-checkpoint products of :func:`checkpoint_dots`."""
+    return {m.name: m.combine({ci: d[m.name] for ci, d in sorted(per_ckpt.items()) if m.name in d})
+            for m in methods}
