@@ -104,6 +104,7 @@ def _rank_all(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
             raise DeadlineExceededError(f"deadline exceeded after {done} of {len(queries)} queries")
         batch = queries[s:s + cfg.batch_size]
         feats = retriever.features([(q.prompt, q.target) for q in batch], cfg.methods, source, deadline)
+        retriever.prepare_queries(feats, cfg.methods)
         for i, (q, qf) in enumerate(zip(batch, feats)):
             if deadline is not None and time.monotonic() > deadline:  # per query: one call never overruns far
                 raise DeadlineExceededError(f"deadline exceeded after {done + i} of {len(queries)} queries")

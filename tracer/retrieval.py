@@ -277,6 +277,11 @@ class Retriever:
         sinks = list(sinks) if sinks is not None else [None] * len(pairs)
         return self.batcher.submit([(p, t, grads, emb, s) for (p, t), s in zip(pairs, sinks)], deadline)
 
+    def prepare_queries(self, qs: list[QueryFeatures], methods: Sequence[str]) -> None:
+        """Let each method transform a batch of queries together (e.g. TRAK's sketch in one GEMM)."""
+        for name in methods:
+            self.method(name).prepare_queries(qs)
+
     # --- ranking
     def candidates(self, q: QueryFeatures, source: str, n: int) -> np.ndarray:
         return candidate_rows(self.store, q, source, n)

@@ -71,6 +71,9 @@ class Method(abc.ABC):
     def prepare(self) -> None:
         """Load the per-index constants the method needs (called once, before any concurrent use)."""
 
+    def prepare_queries(self, qs: list[QueryFeatures]) -> None:
+        """Transform a batch of queries at once (cached on each; optional, for batch GEMMs)."""
+
     @abc.abstractmethod
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
         """Scores of ``rows``.

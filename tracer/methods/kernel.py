@@ -16,6 +16,7 @@ them against float64 brute force on the stored rows.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -76,49 +77,69 @@ def int8_terms(v: np.ndarray, bounds: np.ndarray, terms: int) -> tuple[np.ndarra
     v = np.asarray(v, dtype=np.float64)
     d, k = v.shape
     nb = len(bounds) - 1
-    block_of = np.repeat(np.arange(nb), np.diff(bounds))
-    cols = nb * terms * k
-    # padded to a multiple of 16 columns: the int8 GEMM's fast path (zero columns cost nothing)
-    view = np.zeros((d, nb, terms, k), dtype=np.int8)
+    widths = np.diff(bounds)
+    padded, flat = _digit_layout(np.asarray(bounds, dtype=np.int64).tobytes(), d, terms, k)
     amp = np.zeros((nb, terms, k))
     rest = v.copy()
     parts = np.empty((d, terms, k), dtype=np.int8)
     for t in range(terms):
         top = np.maximum.reduceat(np.abs(rest), bounds[:-1], axis=0) if d else np.zeros((nb, k))
+        top[widths == 0] = 0.0  # reduceat gives an empty block its neighbour's row
         a = np.where(top > 0, top / 127.0, 1.0)
-        a_rows = a[block_of]
-        q = np.clip(np.rint(rest / a_rows), -127, 127)
+        a_rows = np.repeat(a, widths, axis=0)
+        q = np.rint(rest / a_rows)
+        np.clip(q, -127, 127, out=q)
         parts[:, t, :] = q
         amp[:, t, :] = np.where(top > 0, a, 0.0)
         rest -= q * a_rows
-    view[np.arange(d), block_of] = parts
-    digits = np.zeros((d, -(-cols // 16) * 16), dtype=np.int8)
-    digits[:, :cols] = view.reshape(d, cols)
+    digits = np.zeros((d, padded), dtype=np.int8)
+    digits.reshape(-1)[flat] = parts.ravel()  # one scatter into zeros
     return digits, amp
 
 
-def _int8_dots(mat: Int8Rows, sel_all: np.ndarray | slice, m: int, v: np.ndarray, terms: int) -> np.ndarray:
-    """``X[rows] @ v`` (float64) for int8 rows: exact int32 products with :func:`int8_terms` digits."""
+@functools.lru_cache(maxsize=64)
+def _digit_layout(bounds_bytes: bytes, d: int, terms: int, k: int) -> tuple[int, np.ndarray]:
+    """Columns of :func:`int8_terms`: padded width, and where row i's digit (t, j) goes in the flat array.
+
+    Row ``i`` of block ``b`` puts digit ``(t, j)`` in column ``(b * terms + t) * k + j``; the width
+    is padded to a multiple of 16, the int8 GEMM's fast path (zero columns cost nothing).
+    """
+    bounds = np.frombuffer(bounds_bytes, dtype=np.int64)
+    block_of = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    padded = -(-(len(bounds) - 1) * terms * k // 16) * 16
+    cols = (block_of[:, None, None] * terms + np.arange(terms)[None, :, None]) * k + np.arange(k)[None, None, :]
+    flat = (np.arange(d)[:, None, None] * padded + cols).ravel()
+    flat.setflags(write=False)
+    return padded, flat
+
+
+def _int8_dots(mat: Int8Rows, sel_all: np.ndarray | slice, m: int,
+               groups: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+    """``X[rows] @ v`` (float64) for int8 rows and each ``(v, terms)`` group, one gather for all.
+
+    Exact int32 products with :func:`int8_terms` digits; the groups' digit columns are laid side
+    by side so each chunk of rows is read and multiplied once.
+    """
     nb = len(mat.bounds) - 1
-    k = v.shape[1]
-    if mat.prescale is not None:
-        v = v * mat.prescale.astype(np.float64)[:, None]
-    digits, amp = int8_terms(v, mat.bounds, terms)
-    dt = torch.from_numpy(digits)
-    out = np.empty((m, k))
+    pre = None if mat.prescale is None else mat.prescale.astype(np.float64)[:, None]
+    encoded = [int8_terms(v if pre is None else v * pre, mat.bounds, terms) + (terms, v.shape[1])
+               for v, terms in groups]
+    dt = torch.from_numpy(np.concatenate([e[0] for e in encoded], axis=1))
+    starts = np.cumsum([0] + [e[0].shape[1] for e in encoded])
+    outs = [np.empty((m, e[3])) for e in encoded]
     start = (sel_all.start or 0) if isinstance(sel_all, slice) else 0
-    step = INT8_CHUNK
-    for lo in range(0, m, step):
-        hi = min(m, lo + step)
+    for lo in range(0, m, INT8_CHUNK):
+        hi = min(m, lo + INT8_CHUNK)
         sel = slice(start + lo, start + hi) if isinstance(sel_all, slice) else sel_all[lo:hi]
         q = _tensor(mat.q[sel])
         if hi - lo <= 16:  # _int_mm wants more than 16 rows: pad the tail
             q = torch.cat([q, torch.zeros((17 - (hi - lo), q.shape[1]), dtype=torch.int8)])
-        p = torch._int_mm(q, dt)[: hi - lo, : nb * terms * k].numpy().astype(np.float64)
-        p = p.reshape(hi - lo, nb, terms, k)
-        per_block = np.einsum("rbtk,btk->rbk", p, amp)
-        out[lo:hi] = np.einsum("rbk,rb->rk", per_block, np.asarray(mat.scales[sel], dtype=np.float64))
-    return out
+        p_all = torch._int_mm(q, dt)[: hi - lo].numpy()
+        scales = np.asarray(mat.scales[sel], dtype=np.float64)
+        for out, (_, amp, terms, k), c0 in zip(outs, encoded, starts):
+            p = p_all[:, c0:c0 + nb * terms * k].astype(np.float64).reshape(hi - lo, nb, terms, k)
+            out[lo:hi] = np.einsum("rbk,rb->rk", np.einsum("rbtk,btk->rbk", p, amp), scales)
+    return outs
 
 
 INT8_CHUNK = 128  # rows per int8 GEMM: the gathered chunk stays in cache for the multiply
@@ -151,10 +172,12 @@ def row_dots(mat: Any, rows: np.ndarray | slice, vectors: np.ndarray | None,
     m = n_rows(sel_all, n)
     res: list[np.ndarray | None] = [None, None, None]
     if isinstance(mat, Int8Rows) and hasattr(torch, "_int_mm"):
-        if vectors is not None:
-            res[0] = _int8_dots(mat, sel_all, m, np.asarray(vectors, dtype=np.float64), INT8_TERMS)
-        if exact_vectors is not None:
-            res[2] = _int8_dots(mat, sel_all, m, np.asarray(exact_vectors, dtype=np.float64), INT8_TERMS_EXACT)
+        groups = [(np.asarray(g, dtype=np.float64), t) for g, t in ((vectors, INT8_TERMS),
+                                                                     (exact_vectors, INT8_TERMS_EXACT)) if g is not None]
+        if groups:
+            got = iter(_int8_dots(mat, sel_all, m, groups))
+            res[0] = next(got) if vectors is not None else None
+            res[2] = next(got) if exact_vectors is not None else None
         vectors = exact_vectors = None
     groups: list[np.ndarray | None] = [vectors, square_vectors, exact_vectors]
     if any(g is not None for g in groups):

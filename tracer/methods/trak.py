@@ -15,7 +15,7 @@ import numpy as np
 from tracer.featurize.views import RAW
 from tracer.featurize.sketch import trak_sketch
 from tracer.methods.base import Method, QueryFeatures, damped_inverse
-from tracer.methods.tracin import gather_rows
+from tracer.methods.kernel import row_dots
 
 # Relative to the mean eigenvalue; chosen on queries outside the learned slice (eval/tune_damping.py).
 DEFAULT_DAMPING = 0.1
@@ -43,6 +43,19 @@ class Trak(Method):
             if ci not in self._inv:
                 self._inv[ci] = damped_inverse(xtx, self.damping)
 
+    def prepare_queries(self, qs: list[QueryFeatures]) -> None:
+        """All queries' ``(Phi^T Phi + lambda)^-1 S^T g`` per checkpoint in two GEMMs (one read of ``S``)."""
+        if self._sketch is None:
+            self.prepare()
+        for ci in range(len(self.store.checkpoints)):
+            todo = [q for q in qs if f"trak:{self.damping}:{ci}" not in q.cache]
+            if not todo:
+                continue
+            g = np.stack([q.grads[RAW][ci] for q in todo]).astype(np.float32)
+            phi = (g @ self._sketch).astype(np.float64)
+            for q, t in zip(todo, phi @ self._inv[ci].T):
+                q.cache[f"trak:{self.damping}:{ci}"] = t
+
     def _query(self, q: QueryFeatures, ci: int) -> np.ndarray:
         key = f"trak:{self.damping}:{ci}"
         if key not in q.cache:
@@ -63,5 +76,6 @@ class Trak(Method):
             feats, _ = self.store.trak_features(ci)
             qt = self._query(q, ci)
             one_minus_p = 1.0 - np.exp(-np.asarray(self.store.losses(ci))[rows].astype(np.float64))
-            total += (gather_rows(feats, rows) @ qt.astype(np.float32)).astype(np.float64) * one_minus_p
+            dots, _, _ = row_dots(feats, rows, qt[:, None])
+            total += dots[:, 0] * one_minus_p
         return total / n_ckpt
