@@ -222,7 +222,7 @@ def main() -> None:
     p.add_argument("--queries", help="JSONL of {prompt, target} (default: cut from the index's documents)")
     p.add_argument("--requests", type=int, default=100, help="Trace calls per measurement")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client concurrencies")
-    p.add_argument("--max-concurrent", type=int, default=16, help="server cap (RESOURCE_EXHAUSTED beyond it)")
+    p.add_argument("--max-concurrent", type=int, default=32, help="server cap (RESOURCE_EXHAUSTED beyond it)")
     p.add_argument("--method", default=None, help="method (default: the server's default)")
     p.add_argument("--candidates", default="bm25")
     p.add_argument("-k", type=int, default=10)

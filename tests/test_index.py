@@ -116,7 +116,13 @@ def test_kill_while_finishing_never_breaks_later_reruns(tmp_path, tiny_bench, ti
     assert IndexStore.open(tmp_path / "f", verify=True).n_documents == len(tiny_bench.documents)
 
 
-def test_sigkill_then_resume_is_byte_identical(tmp_path, tiny_bench, tiny_run, tiny_index):
+@pytest.mark.parametrize("marker", [
+    "grad-ckpt1-*.done",  # mid-featurizing
+    pytest.param("fit-ckpt0.done", marks=pytest.mark.slow),  # between two checkpoints' K-FAC fits
+    pytest.param("stage-moments.json", marks=pytest.mark.slow),  # between stages
+    pytest.param("stage-trak.json", marks=pytest.mark.slow),  # late: embeddings / BM25 running
+])
+def test_sigkill_then_resume_is_byte_identical(tmp_path, tiny_bench, tiny_run, tiny_index, marker):
     from tracer.corpus import write_jsonl
 
     corpus = tmp_path / "corpus.jsonl"
@@ -128,8 +134,9 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, tiny_bench, tiny_run, t
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out.with_name("k.partial") / "build_state"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(state.glob("grad-ckpt1-*.done")):
-        time.sleep(0.05)
+    while time.time() < deadline and not list(state.glob(marker)) and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the build finished before {marker} could be caught"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()

@@ -61,3 +61,28 @@ def test_local_paths_only(tmp_path):
         load_model("gpt2")
     with pytest.raises(DataError, match="not a tracer training run"):
         load_checkpoints(tmp_path)
+
+
+def test_weights_fingerprint_is_memoised_and_notices_a_rewrite(tmp_path, tiny_run):
+    import shutil
+    import time as _time
+
+    from tracer.model import loading
+
+    src = load_checkpoints(tiny_run)[-1].path
+    d = tmp_path / "m"
+    shutil.copytree(src, d)
+    first = weights_fingerprint(d)
+    calls = []
+    real = loading.hashlib.sha256
+    loading.hashlib.sha256 = lambda *a: calls.append(1) or real(*a)  # type: ignore[assignment]
+    try:
+        assert weights_fingerprint(d) == first and not calls  # memoised: no hashing
+        w = next(d.glob("*.safetensors"))
+        data = bytearray(w.read_bytes())
+        data[-1] ^= 0xFF
+        _time.sleep(0.01)
+        w.write_bytes(bytes(data))  # same size, new mtime
+        assert weights_fingerprint(d) != first and calls
+    finally:
+        loading.hashlib.sha256 = real

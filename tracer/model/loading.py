@@ -102,16 +102,30 @@ def load_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
 
 
 def weights_fingerprint(path: str | Path) -> str:
-    """sha256 over the weight files of a model directory (sorted by name)."""
+    """sha256 over the weight files of a model directory (sorted by name).
+
+    Hashing a large checkpoint takes seconds, so results are memoised per process by each weight
+    file's ``(name, size, mtime_ns)``: a file rewritten in place gets a new mtime and is hashed
+    again. (A file edited while keeping both its size and its mtime would not be: this is a
+    consistency check between an index and its models, not a defence against tampering.)
+    """
     p = _require_local_dir(path, "model")
     files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")))
     files = [f for f in files if f.name != OPTIMIZER_V]
     if not files:
         raise DataError(f"no weight files (*.safetensors, *.bin) in {p}")
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    cached = _FINGERPRINTS.get(key)
+    if cached is not None:
+        return cached
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()
+    _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+_FINGERPRINTS: dict[tuple[tuple[str, int, int], ...], str] = {}  # weight files' (path, size, mtime_ns) -> sha256
