@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or kfac with --dim 0)")
     g.add_argument("--k-out", type=int, default=64, help="output-side width per linear layer (as --k-in)")
     g.add_argument("--fit-docs", type=int, default=2048, help="kfac: documents in the seeded factor-fit sample")
-    g.add_argument("--layers", default="*attn*,*mlp*", help="comma-separated fnmatch patterns of linear modules")
+    g.add_argument("--layers", default="auto",
+                   help="comma-separated fnmatch patterns of linear modules; 'auto' (default): the attention and "
+                        "MLP linears of the model's family (GPT-2, GPT-NeoX/Pythia, Llama/Mistral/Qwen2/SmolLM, "
+                        "OPT, BLOOM, Falcon, Phi, Gemma, OLMo), else every linear in its decoder blocks")
     g.add_argument("--dtype", default="int8", help="int8 (default, per-row scale per block) | float16 | float32")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--max-length", type=int, default=128)

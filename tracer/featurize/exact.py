@@ -42,8 +42,20 @@ def per_example_grads(model: Any, batch: Mapping[str, torch.Tensor], names: Sequ
             loss = loss / (labels[1:] != IGNORE_INDEX).sum().clamp_min(1)
         return loss
 
-    return vmap(grad(loss_fn), in_dims=(None, 0, 0, 0, 0))(
-        tracked, batch["input_ids"], batch["attention_mask"], batch["labels"], batch["position_ids"])
+    args = (batch["input_ids"], batch["attention_mask"], batch["labels"], batch["position_ids"])
+    try:
+        return vmap(grad(loss_fn), in_dims=(None, 0, 0, 0, 0))(tracked, *args)
+    except RuntimeError as exc:  # custom autograd.Functions (e.g. BLOOM's GELU) do not support vmap
+        if "autograd.Function" not in str(exc):
+            raise
+    # the same exact gradients, one example at a time with plain autograd
+    leaves = {n: p.clone().requires_grad_(True) for n, p in tracked.items()}
+    rows = []
+    for i in range(len(args[0])):
+        loss = loss_fn(leaves, *(a[i] for a in args))
+        rows.append(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))))
+    return {n: torch.stack([r[n] if r[n] is not None else torch.zeros_like(leaves[n]) for r in rows]).detach()
+            for n in leaves}
 
 
 def weight_grad_out_in(model: Any, module: str, g: torch.Tensor) -> torch.Tensor:

@@ -110,7 +110,7 @@ class GradientFeaturizer:
         module = self._modules[name]
 
         def forward_hook(mod: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-            x = inputs[0].detach()
+            x = as_btd(inputs[0].detach(), mask)
             if blocks[0].kind == LINEAR:  # project first, then mask: k_in columns instead of d_in
                 xs = {v: _proj(x, view.p_in.get(name)) * mask for v, view in self.views.items()}
             else:
@@ -122,7 +122,7 @@ class GradientFeaturizer:
 
     def _write(self, name: str, blocks: list[Block], xs: dict[str, torch.Tensor], delta: torch.Tensor,
                out: dict[str, torch.Tensor]) -> None:
-        delta = delta.detach().float()
+        delta = as_btd(delta.detach().float(), xs[next(iter(xs))])
         bias_grad = delta.sum(1)  # (B, d_out), shared by bias / norm_bias blocks
         for v, view in self.views.items():
             for b in blocks:
@@ -135,6 +135,13 @@ class GradientFeaturizer:
                 s = view.scale.get((name, b.kind))
                 g = g if s is None else g * s
                 out[v][:, sl] = _proj(g, view.p_vec.get((name, b.kind)))
+
+
+def as_btd(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` as ``(B, T, d)``: some models (OPT's MLP) flatten activations to ``(B*T, d)``."""
+    if t.dim() == 2:
+        return t.view(like.shape[0], like.shape[1], t.shape[-1])
+    return t
 
 
 def _normalized(module: Any, x: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from tracer.featurize.gradients import View, _frozen, _normalized
+from tracer.featurize.gradients import View, _frozen, _normalized, as_btd
 from tracer.featurize.layout import BIAS, LINEAR, NORM_BIAS, NORM_WEIGHT, Block, group_key
 from tracer.model.tokenization import IGNORE_INDEX, example_losses
 
@@ -141,7 +141,7 @@ def _fit_hooks(model: Any, modules: dict[str, Any], by_module: dict[str, list[st
 
         def forward_hook(mod: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             # float32 products per batch (BLAS speed), float64 running sums (no drift over many batches)
-            x = inputs[0].detach().float()
+            x = as_btd(inputs[0].detach().float(), mask)
             first = acc[keys[0]]
             if first.kind == LINEAR:
                 xm = x * mask
@@ -149,7 +149,7 @@ def _fit_hooks(model: Any, modules: dict[str, Any], by_module: dict[str, list[st
                 first.a += (flat.T @ flat).double()  # type: ignore[operator]
             else:
                 xm = _normalized(module, x) * mask
-            output.register_hook(lambda g: _backward(keys, xm, g.detach().float(), acc))
+            output.register_hook(lambda g: _backward(keys, xm, as_btd(g.detach().float(), mask), acc))
 
         return forward_hook
 

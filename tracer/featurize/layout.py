@@ -77,8 +77,9 @@ def linear_dims(module: torch.nn.Module) -> tuple[int, int]:
 
 
 def default_layer_patterns() -> tuple[str, ...]:
-    """Attention and MLP linears of GPT-2 / Llama-style blocks (not embeddings or lm_head)."""
-    return ("*attn*", "*mlp*")
+    """``("auto",)``: the attention and MLP linears of the model's family
+    (:mod:`tracer.featurize.architectures`; never embeddings or the LM head)."""
+    return ("auto",)
 
 
 def tracked_groups(model: torch.nn.Module, patterns: Sequence[str], include_norms: bool = True,
@@ -88,9 +89,12 @@ def tracked_groups(model: torch.nn.Module, patterns: Sequence[str], include_norm
     Raises:
         ValueError: If no linear layer matches ``patterns``.
     """
+    from tracer.featurize.architectures import resolve_patterns
+
+    resolved = resolve_patterns(model, patterns)
     groups: list[tuple[str, str, int, int]] = []
     for name, mod in model.named_modules():
-        if is_linear(mod) and any(fnmatch.fnmatch(name, p) for p in patterns):
+        if is_linear(mod) and any(fnmatch.fnmatch(name, p) for p in resolved):
             d_in, d_out = linear_dims(mod)
             groups.append((name, LINEAR, d_in, d_out))
             if include_biases and getattr(mod, "bias", None) is not None:
