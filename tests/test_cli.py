@@ -86,3 +86,37 @@ def test_overwrite_replaces_an_index(tmp_path, capsys, monkeypatch, tiny_run, ti
     from tracer import Tracer
 
     assert Tracer.open(tmp_path / "x").get_documents(["dok-é3"])[0].doc_id == "dok-é3"
+
+
+def test_tokenizer_and_moved_checkpoints_flags(tmp_path, capsys, monkeypatch, tiny_run, tiny_index, tiny_bench):
+    """A model folder without tokenizer files fails loudly; --tokenizer and --checkpoint-dir repoint query/eval."""
+    import shutil
+
+    from tracer.model.loading import load_checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    q = tiny_bench.queries[0]
+    moved = []
+    for i, ck in enumerate(load_checkpoints(tiny_run)):
+        dst = tmp_path / f"moved{i}"
+        shutil.copytree(ck.path, dst)
+        for f in dst.glob("tokenizer*"):
+            f.unlink()
+        for f in ("special_tokens_map.json", "vocab.json", "merges.txt"):
+            (dst / f).unlink(missing_ok=True)
+        moved.append(dst)
+    base = ["query", "--index-dir", str(tiny_index), "--prompt", q.prompt, "--target", q.target, "-k", "3", "--json"]
+    tok = json.loads((tiny_index / "manifest.json").read_text()).get("tokenizer")
+    empty = tmp_path / "empty_tok"
+    empty.mkdir()
+    assert main(base + ["--tokenizer", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer" in err and "Traceback" not in err
+    assert main(base + ["--tokenizer", str(moved[0])]) == 2  # transformers builds an empty tokenizer there
+    err = capsys.readouterr().err
+    assert "is empty" in err and len(err.strip().splitlines()) == 1
+    argv = base + [a for d in moved for a in ("--checkpoint-dir", str(d))] + ["--tokenizer", tok]
+    assert main(argv) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
+    assert main(base + ["--checkpoint-dir", str(moved[0])]) == 2  # one of three checkpoints
+    assert "built from 3 checkpoints" in capsys.readouterr().err

@@ -30,11 +30,13 @@ class QueryEncoder:
         store: The opened index.
         checkpoint_dirs: Override the checkpoint paths recorded in the manifest (same order);
             fingerprints must still match.
+        tokenizer: Tokenizer directory (default: the one recorded at build time, else the last
+            checkpoint's directory).
         check_fingerprints: Verify checkpoint weights against the manifest.
     """
 
     def __init__(self, store: IndexStore, checkpoint_dirs: Sequence[str | Path] | None = None,
-                 check_fingerprints: bool = True) -> None:
+                 check_fingerprints: bool = True, tokenizer: str | Path | None = None) -> None:
         self.store = store
         recorded = store.checkpoints
         dirs = [Path(p) for p in checkpoint_dirs] if checkpoint_dirs else [Path(c["path"]) for c in recorded]
@@ -48,7 +50,10 @@ class QueryEncoder:
                                              f"{store.name!r} was built from (fingerprint mismatch)")
         recorded_tok = store.manifest.get("tokenizer")
         # models moved since the build (checkpoint_dirs given): the tokenizer travels with them
-        self.tokenizer = load_tokenizer(recorded_tok if recorded_tok and Path(recorded_tok).is_dir() else dirs[-1])
+        if tokenizer is not None:
+            self.tokenizer = load_tokenizer(tokenizer)
+        else:
+            self.tokenizer = load_tokenizer(recorded_tok if recorded_tok and Path(recorded_tok).is_dir() else dirs[-1])
         self.dirs = dirs
         self.cfg = FeaturizeConfig.from_dict(store.manifest["featurize"]) if store.manifest.get("featurize") \
             else None

@@ -181,12 +181,15 @@ class Retriever:
         method_params: Per-method parameters, e.g. ``{"influence": {"damping": 0.1}}``.
         batching: How concurrent queries are gathered for featurizing.
         encoder: A ready query encoder (built lazily from the manifest when ``None``).
+        tokenizer: Tokenizer directory overriding the one recorded in the manifest.
     """
 
     def __init__(self, store: IndexStore, *, checkpoint_dirs: Sequence[str | Path] | None = None,
                  method_params: dict[str, dict[str, Any]] | None = None,
-                 batching: BatchingConfig = BatchingConfig(), encoder: Any = None) -> None:
+                 batching: BatchingConfig = BatchingConfig(), encoder: Any = None,
+                 tokenizer: str | Path | None = None) -> None:
         self.store = store
+        self.tokenizer_path = tokenizer
         self.batching = batching
         self.checkpoint_dirs = checkpoint_dirs
         self.method_params = method_params or {}
@@ -222,7 +225,7 @@ class Retriever:
                 if self._encoder is None:
                     from tracer.encoder import QueryEncoder
 
-                    self._encoder = QueryEncoder(self.store, self.checkpoint_dirs)
+                    self._encoder = QueryEncoder(self.store, self.checkpoint_dirs, tokenizer=self.tokenizer_path)
         return self._encoder
 
     def method(self, name: str) -> Method:

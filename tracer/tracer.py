@@ -43,7 +43,7 @@ class Tracer:
     @classmethod
     def open(cls, index_dir: str | Path, *, verify: bool = False, checkpoint_dirs: Sequence[str | Path] | None = None,
              method_params: dict[str, dict[str, Any]] | None = None,
-             batching: BatchingConfig = BatchingConfig()) -> Tracer:
+             batching: BatchingConfig = BatchingConfig(), tokenizer: str | Path | None = None) -> Tracer:
         """Open an index; models are loaded lazily on the first query that needs them (or by :meth:`warm`).
 
         Args:
@@ -52,10 +52,11 @@ class Tracer:
             checkpoint_dirs: Checkpoint paths if the models moved since the build.
             method_params: Per-method parameters, e.g. ``{"influence": {"damping": 0.1}}``.
             batching: How concurrent queries share featurizing batches.
+            tokenizer: Tokenizer directory, if not the one recorded at build time.
         """
         store = IndexStore.open(index_dir, verify=verify)
         return cls(Retriever(store, checkpoint_dirs=checkpoint_dirs, method_params=method_params,
-                             batching=batching))
+                             batching=batching, tokenizer=tokenizer))
 
     # --- identity ---
     @property

@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build an index (gradients, influence, TRAK, embeddings, BM25)")
     p.add_argument("--corpus", required=True, help="corpus file (jsonl/json/parquet) or save_to_disk dir")
     p.add_argument("--model", help="a training run dir (tracer train) or one model dir")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="tokenizer directory (default: the run's tokenizer/, else the last checkpoint's dir)")
     p.add_argument("--checkpoint", action="append", default=[], help="checkpoint dir, oldest first (repeatable)")
     p.add_argument("--lr", action="append", type=float, default=[], help="lr per --checkpoint (default: recorded)")
     p.add_argument("--out", required=True, help="index directory, e.g. indexes/NAME")
@@ -95,6 +97,7 @@ def _build(args: argparse.Namespace, cks: list, docs: list) -> int:
                       embeddings=not args.no_embeddings, bm25=not args.no_bm25, faiss_factory=args.faiss_factory,
                       faiss_dim=args.faiss_dim, trak_dim=args.trak_dim, shard_size=args.shard_size, seed=args.seed)
     tok_dir = Path(args.model) / "tokenizer" if args.model and (Path(args.model) / "tokenizer").is_dir() else None
+    tok_dir = Path(args.tokenizer) if args.tokenizer else tok_dir
     m = build_index(docs, cks, args.out, cfg, tokenizer_path=tok_dir, overwrite=args.overwrite,
                     corpus_path=str(Path(args.corpus).resolve()))
     size = sum(f["size"] for f in m["files"].values())

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tracer.cli.options import add_model_overrides, model_overrides
 from tracer.errors import DataError
 
 DEFAULT_METHODS = "bm25,embedding,tracin,tracin_cos,influence,trak,random"
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", help="HOST:PORT of a tracer server (evaluate remotely)")
     p.add_argument("--token-file", help="auth token file for --server")
     p.add_argument("--timeout", type=float, default=3600.0, help="deadline in seconds for --server")
+    add_model_overrides(p)
     p.set_defaults(func=run)
 
 
@@ -105,7 +107,7 @@ def _local(args: argparse.Namespace, queries: list[Any], kw: dict[str, Any], pro
     from tracer.metrics.trec import write_qrels, write_run
     from tracer.tracer import Tracer
 
-    tracer = Tracer.open(args.index)
+    tracer = Tracer.open(args.index, **model_overrides(args))
     res = run_evaluation(tracer.retriever, queries, EvalConfig(**kw, fusions=tuple(args.fuse)), on_progress=progress)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for m, run_ in res.runs.items():

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tracer.cli.options import add_model_overrides, model_overrides
 from tracer.errors import DataError
 from tracer.types import TraceResult
 
@@ -44,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bearer token for a server started with --auth-token-file")
     p.add_argument("--tls-ca", default=None, metavar="FILE", help="CA certificate of a TLS server")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="deadline of the call")
+    add_model_overrides(p)
     p.set_defaults(func=run)
 
 
@@ -65,7 +67,7 @@ def _local(args: argparse.Namespace) -> TraceResult:
 
     from tracer.tracer import Tracer
 
-    t: Any = Tracer.open(args.index_dir, verify=args.verify)
+    t: Any = Tracer.open(args.index_dir, verify=args.verify, **model_overrides(args))
     try:
         methods = t.available_methods()
         method = args.method or next((m for m in ("tracin", "bm25") if m in methods), "bm25")
@@ -95,6 +97,9 @@ def format_table(result: TraceResult) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.server and not args.index_dir:
         raise DataError("query: give --server HOST:PORT or --index-dir DIR")
+    if (args.checkpoint_dir or args.tokenizer) and not args.index_dir:
+        raise DataError("query: --checkpoint-dir and --tokenizer apply to --index-dir (a server takes them at "
+                        "`tracer serve`)")
     if args.verify and not args.index_dir:
         raise DataError("query: --verify checks an index directory: use it with --index-dir (a server "
                         "verifies with `tracer serve --verify`)")

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tracer.cli.options import add_model_overrides, model_overrides
 from tracer.errors import DataError
 
 
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true", help="verify index checksums while loading")
     p.add_argument("--no-reflection", dest="reflection", action="store_false",
                    help="do not serve gRPC server reflection (it follows --auth-token-file when set)")
+    add_model_overrides(p)
     p.set_defaults(func=run, env_indexes=env_indexes)
 
 
@@ -61,18 +63,18 @@ def _read_token(path: str | None) -> str | None:
     return token
 
 
-def _open_index(path: Path, verify: bool) -> Any:
+def _open_index(path: Path, verify: bool, **overrides: Any) -> Any:
     """Open one index (replaced by tests with a fake)."""
     from tracer.tracer import Tracer
 
-    tracer = Tracer.open(path, verify=verify)
+    tracer = Tracer.open(path, verify=verify, **overrides)
     tracer.warm()  # models and indexes loaded before health turns SERVING
     return tracer
 
 
-def _indexes(dirs: list[Path], verify: bool) -> Iterator[tuple[str, Any]]:
+def _indexes(dirs: list[Path], verify: bool, overrides: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for d in dirs:
-        yield d.name, _open_index(d, verify)
+        yield d.name, _open_index(d, verify, **overrides)
 
 
 def limit_malloc_arenas(n: int) -> bool:
@@ -108,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     for d in dirs:
         if not d.is_dir():
             raise DataError(f"--index: {d} is not a directory")
+    overrides = model_overrides(args)
+    if overrides and len(dirs) > 1:
+        raise DataError("--checkpoint-dir and --tokenizer apply to one index: serve it alone")
     try:
         cfg = ServiceConfig(host=args.host, port=args.port, auth_token=_read_token(args.auth_token_file),
                             tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from tracer.service.server import UNCLEAN_STOP
 
     try:
-        code = serve(cfg, _indexes(dirs, args.verify), on_ready=announce)
+        code = serve(cfg, _indexes(dirs, args.verify, overrides), on_ready=announce)
     except OSError as exc:
         print(f"tracer serve: error: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from tracer.featurize.gradients import GradientFeaturizer
 from tracer.featurize.kfac import Factors, fit_factors, kfac_view
 from tracer.featurize.layout import Block, build_layout, tracked_groups
 from tracer.featurize.views import ADAM, RAW, adam_view, load_second_moment, raw_view
-from tracer.model.loading import Checkpoint, load_model
+from tracer.model.loading import Checkpoint, check_tokenizer_fits, load_model
 from tracer.model.tokenization import Encoded, encode_example, pad_batch
 from tracer.types import Document
 
@@ -66,6 +66,7 @@ class CheckpointFeaturizer:
         if cfg.projection == "kfac" and factors is None:
             raise ValueError("projection 'kfac' needs the checkpoint's fitted K-FAC factors (the build's fit stage)")
         self.model = model if model is not None else load_model(checkpoint.path)
+        check_tokenizer_fits(tokenizer, self.model, f" at {checkpoint.path}")
         self.layout: list[Block] = build_layout(self.model, cfg.layers, cfg.k_in, cfg.k_out,
                                                 cfg.include_norms, cfg.include_biases,
                                                 widths=widths if cfg.budgeted else None)
@@ -106,6 +107,7 @@ def fit_checkpoint(checkpoint: Checkpoint, tokenizer: Any, cfg: FeaturizeConfig,
         progress: Optional callable receiving the number of examples done per batch.
     """
     model = model if model is not None else load_model(checkpoint.path)
+    check_tokenizer_fits(tokenizer, model, f" at {checkpoint.path}")
     groups = tracked_groups(model, cfg.layers, cfg.include_norms, cfg.include_biases)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

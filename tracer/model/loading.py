@@ -76,9 +76,21 @@ def load_tokenizer(path: str | Path) -> Any:
         tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot load a tokenizer from {p}: {exc}") from exc
+    if len(tok) == 0 or not tok.encode("the capital of France", add_special_tokens=False):
+        raise DataError(f"the tokenizer at {p} is empty (no vocabulary files there?): pass the model's "
+                        "tokenizer directory with --tokenizer DIR")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def check_tokenizer_fits(tokenizer: Any, model: Any, where: str = "") -> None:
+    """``DataError`` when the tokenizer can produce ids the model's input embedding does not have."""
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    top = max(len(tokenizer), max(tokenizer.all_special_ids or [0]) + 1)
+    if top > rows:
+        raise DataError(f"the tokenizer's vocabulary ({top} ids) does not fit the model{where}'s input embedding "
+                        f"({rows} rows): pass the tokenizer the model was trained with (--tokenizer DIR)")
 
 
 def read_checkpoint(path: str | Path, default_lr: float = 1.0) -> Checkpoint:
