@@ -120,3 +120,22 @@ def test_tokenizer_and_moved_checkpoints_flags(tmp_path, capsys, monkeypatch, ti
     assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
     assert main(base + ["--checkpoint-dir", str(moved[0])]) == 2  # one of three checkpoints
     assert "built from 3 checkpoints" in capsys.readouterr().err
+
+
+def test_third_party_log_noise_is_hidden_by_default(tiny_index, tiny_bench, capsys):
+    import logging
+
+    from tracer.cli.main import NOISY_LOGGERS
+
+    q = tiny_bench.queries[0]
+    argv = ["query", "--index-dir", str(tiny_index), "--prompt", q.prompt, "--target", q.target, "-k", "2"]
+    try:
+        assert main(argv) == 0
+        assert all(not logging.getLogger(n).isEnabledFor(logging.INFO) for n in NOISY_LOGGERS)
+        for n in NOISY_LOGGERS:
+            logging.getLogger(n).setLevel(logging.NOTSET)
+        assert main(["-v", *argv]) == 0  # -v leaves third-party loggers alone
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in NOISY_LOGGERS)
+    finally:
+        for n in NOISY_LOGGERS:
+            logging.getLogger(n).setLevel(logging.NOTSET)

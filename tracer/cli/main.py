@@ -19,7 +19,15 @@ from tracer.errors import TracerError
 COMMANDS = ("synth", "train", "build", "info", "eval", "serve", "query", "demo", "bench")
 
 
-def _quiet_libraries() -> None:
+NOISY_LOGGERS = ("faiss", "faiss.loader", "bm25s", "urllib3", "filelock", "httpx", "datasets")
+
+
+def _quiet_libraries(verbose: bool = False) -> None:
+    """Third-party chatter (faiss's CPU-feature probing, bm25s's index messages...) stays below
+    WARNING unless ``-v``; tracer's own INFO lines still show."""
+    if not verbose:
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _quiet_libraries()
+    _quiet_libraries(args.verbose)
     try:
         return int(args.func(args) or 0)
     except TracerError as exc:
