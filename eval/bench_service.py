@@ -144,6 +144,16 @@ def memory_bandwidth_gbs() -> float:
     return 2 * a.nbytes / best / 1e9
 
 
+def run_threads(threads: list[threading.Thread]) -> float:
+    """Start every thread, wait for all; the wall time in seconds."""
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def bench_full_scan(tracer: Any, queries: list[Query], concurrency: int, k: int) -> dict[str, Any]:
     """Rows/s of scoring the whole corpus with tracin for ``concurrency`` concurrent pre-featurized queries."""
     r = tracer.retriever
@@ -154,13 +164,7 @@ def bench_full_scan(tracer: Any, queries: list[Query], concurrency: int, k: int)
     def one(qf: Any) -> None:
         r.rank(qf, "tracin", k)
 
-    threads = [threading.Thread(target=one, args=(qf,)) for qf in feats]
-    s = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - s
+    wall = run_threads([threading.Thread(target=one, args=(qf,)) for qf in feats])
     return {"concurrency": concurrency, "seconds": wall, "rows_per_s": concurrency * tracer.n_documents / wall}
 
 
@@ -192,13 +196,7 @@ def bench_grpc(client: TracerClient, queries: list[Query], n_requests: int, conc
                 else:
                     errors[code] += 1
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads([threading.Thread(target=worker) for _ in range(concurrency)])
     return {**_percentiles(lat), "qps": len(lat) / wall, "requests": n_requests, "ok": len(lat),
             "errors": dict(errors)}
 
