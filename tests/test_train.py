@@ -86,3 +86,25 @@ def test_weights_fingerprint_is_memoised_and_notices_a_rewrite(tmp_path, tiny_ru
         assert weights_fingerprint(d) != first and calls
     finally:
         loading.hashlib.sha256 = real
+
+
+def test_hf_trainer_checkpoint_lr_and_provenance(tmp_path, tiny_run):
+    """An HF Trainer checkpoint-N/ folder: the lr logged at its step is read from trainer_state.json."""
+    import json
+    import shutil
+
+    from tracer.model.loading import CHECKPOINT_META, checkpoint_provenance, read_checkpoint
+
+    src = load_checkpoints(tiny_run)[-1].path
+    ck = tmp_path / "checkpoint-500"
+    shutil.copytree(src, ck)
+    (ck / CHECKPOINT_META).unlink()
+    assert read_checkpoint(ck).lr == 1.0 and "the default" in checkpoint_provenance(ck)
+    history = [{"step": 100, "learning_rate": 5e-4, "loss": 3.0}, {"step": 500, "learning_rate": 2e-4},
+               {"step": 500, "eval_loss": 2.0}, {"step": 900, "learning_rate": 1e-5}]
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 500, "log_history": history}))
+    got = read_checkpoint(ck)
+    assert (got.lr, got.step) == (2e-4, 500)
+    line = checkpoint_provenance(ck)
+    assert "lr 0.0002 from trainer_state.json (logged at step 500)" in line and "Adam" in line
+    assert "lr 0.003 from --lr" in checkpoint_provenance(ck, lr_flag=3e-3)

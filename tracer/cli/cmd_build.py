@@ -70,8 +70,11 @@ def resolve_checkpoints(model: str | None, checkpoints: list[str], lrs: list[flo
 
 def run(args: argparse.Namespace) -> int:
     from tracer.corpus import load_corpus
+    from tracer.model.loading import checkpoint_provenance
 
     cks = resolve_checkpoints(args.model, args.checkpoint, args.lr)
+    for c in cks:  # one line per checkpoint: where its lr and optimizer state come from
+        print(checkpoint_provenance(c.path, lr_flag=c.lr if args.lr else None), flush=True)
     docs = load_corpus(args.corpus)
     if args.max_docs:
         docs = docs[: args.max_docs]

@@ -93,14 +93,54 @@ def check_tokenizer_fits(tokenizer: Any, model: Any, where: str = "") -> None:
                         f"({rows} rows): pass the tokenizer the model was trained with (--tokenizer DIR)")
 
 
+TRAINER_STATE = "trainer_state.json"  # written by the Hugging Face Trainer into each checkpoint-N/
+
+
 def read_checkpoint(path: str | Path, default_lr: float = 1.0) -> Checkpoint:
-    """A checkpoint from its directory, with the lr recorded by ``tracer train`` if any."""
+    """A checkpoint from its directory, with its learning rate from the first source that has one.
+
+    Sources, in order: ``tracer_checkpoint.json`` (``tracer train``); the Hugging Face Trainer's
+    ``trainer_state.json`` (the ``learning_rate`` logged at the latest step not after
+    ``global_step``); else ``default_lr``. :func:`checkpoint_provenance` says which was used.
+    """
     p = _require_local_dir(path, "checkpoint")
+    return _read_checkpoint(p, default_lr)[0]
+
+
+def checkpoint_provenance(path: str | Path, default_lr: float = 1.0, lr_flag: float | None = None) -> str:
+    """One line: where a checkpoint's lr and optimizer state come from (or that they fell back).
+
+    ``lr_flag``: an lr given explicitly (``--lr``), which wins over every recorded one.
+    """
+    p = _require_local_dir(path, "checkpoint")
+    ck, lr_from = _read_checkpoint(p, default_lr)
+    if lr_flag is not None:
+        ck, lr_from = Checkpoint(p, lr_flag, ck.step), "--lr"
+    adam = (f"Adam second moment from {OPTIMIZER_V}" if ck.has_optimizer_state else
+            "no Adam state read (tracin_cos uses unit-normalised gradients)" +
+            (f"; {p / 'optimizer.pt'} is not read" if (p / "optimizer.pt").is_file() else ""))
+    return f"{p}: lr {ck.lr:g} from {lr_from}, step {ck.step}; {adam}"
+
+
+def _read_checkpoint(p: Path, default_lr: float) -> tuple[Checkpoint, str]:
     meta_file = p / CHECKPOINT_META
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
-        return Checkpoint(p, float(meta["lr"]), int(meta.get("step", 0)))
-    return Checkpoint(p, default_lr, 0)
+        return Checkpoint(p, float(meta["lr"]), int(meta.get("step", 0))), CHECKPOINT_META
+    state_file = p / TRAINER_STATE
+    if state_file.is_file():
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{state_file}: not readable JSON ({exc})") from exc
+        step = int(state.get("global_step", 0))
+        logged = [(int(e.get("step", 0)), float(e["learning_rate"])) for e in state.get("log_history", [])
+                  if isinstance(e, dict) and "learning_rate" in e and int(e.get("step", 0)) <= step]
+        if logged:
+            at, lr = max(logged)
+            return Checkpoint(p, lr, step), f"{TRAINER_STATE} (logged at step {at})"
+        return Checkpoint(p, default_lr, step), f"the default ({TRAINER_STATE} logs no learning_rate; pass --lr)"
+    return Checkpoint(p, default_lr, 0), "the default (no recorded lr; pass --lr)"
 
 
 def load_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
