@@ -181,3 +181,13 @@ def test_concurrent_traces_answer_as_alone(tiny_index, tiny_bench):
         np.testing.assert_allclose([h.score for h in res.hits], [h.score for h in want.hits],  # type: ignore
                                    rtol=1e-4, atol=1e-6)
     assert t.retriever.batcher.batches < t.retriever.batcher.items  # some queries shared a batch
+
+
+def test_tracer_is_a_context_manager(tiny_index, tiny_bench):
+    from tracer import Tracer
+
+    q = tiny_bench.queries[0]
+    with Tracer.open(tiny_index) as t:
+        assert t.trace(q.prompt, q.target, method="bm25", k=2).hits
+        assert t.retriever._methods  # loaded
+    assert not t.retriever._methods and t.retriever._encoder is None  # released on exit

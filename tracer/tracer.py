@@ -201,3 +201,9 @@ class Tracer:
     def close(self) -> None:
         """Release models, memory maps and indexes (the object reloads them if used again)."""
         self.retriever.close()
+
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
