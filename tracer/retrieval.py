@@ -78,18 +78,27 @@ def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return s[order], rows[order]
 
 
+_EMPTY = (np.empty(0), np.empty(0, dtype=np.int64))  # the top-k of no rows
+
+
 def scan_full(score_fn: Callable[[np.ndarray], np.ndarray], n_rows: int, k: int,
               block: int = BLOCK, stop: Stop | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Score every row blockwise keeping a running top-``k``; ``stop`` is checked before each block."""
-    best_s = np.empty(0)
-    best_r = np.empty(0, dtype=np.int64)
+    return scan_full_many(lambda rows: {"": score_fn(rows)}, n_rows, k, block, stop).get("", _EMPTY)
+
+
+def scan_full_many(score_fn: Callable[[np.ndarray], dict[str, np.ndarray]], n_rows: int, k: int,
+                   block: int = BLOCK, stop: Stop | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`scan_full` for several score sets from one pass (``score_fn`` returns name -> scores)."""
+    best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for lo in range(0, n_rows, block):
         if stop is not None:
             stop(f"full scan at row {lo}")
         rows = np.arange(lo, min(n_rows, lo + block), dtype=np.int64)
-        s = score_fn(rows)
-        best_s, best_r = top_k(np.concatenate([best_s, s]), np.concatenate([best_r, rows]), k)
-    return best_s, best_r
+        for name, s in score_fn(rows).items():
+            s0, r0 = best.get(name, _EMPTY)
+            best[name] = top_k(np.concatenate([s0, s]), np.concatenate([r0, rows]), k)
+    return best
 
 
 def tracin_query_vector(store: IndexStore, q: QueryFeatures) -> np.ndarray:
@@ -316,16 +325,8 @@ class Retriever:
         if rows is not None:
             scored = score_all(rows)
             return {m: top_k(scored[m], rows, k) for m in methods}
-        best = {m: (np.empty(0), np.empty(0, dtype=np.int64)) for m in methods}
-        for lo in range(0, self.store.n_documents, BLOCK):
-            if stop is not None:
-                stop(f"full scan at row {lo}")
-            r = np.arange(lo, min(self.store.n_documents, lo + BLOCK), dtype=np.int64)
-            scored = score_all(r)
-            for m in methods:
-                s0, r0 = best[m]
-                best[m] = top_k(np.concatenate([s0, scored[m]]), np.concatenate([r0, r]), k)
-        return best
+        best = scan_full_many(score_all, self.store.n_documents, k, stop=stop)
+        return {m: best.get(m, _EMPTY) for m in methods}
 
     def retrieve(self, prompt: str, target: str, *, method: str, candidates: str, k: int, num_candidates: int,
                  deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> Retrieval:

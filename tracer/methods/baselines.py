@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 from tracer.methods.base import Method, QueryFeatures
-from tracer.methods.tracin import gather_rows
+from tracer.methods.kernel import row_dots
 
 
 def bm25_scores(store: object, q: QueryFeatures) -> np.ndarray:
@@ -34,7 +34,7 @@ class Embedding(Method):
 
     def score(self, q: QueryFeatures, rows: np.ndarray) -> np.ndarray:
         assert q.embedding is not None  # guaranteed by the pipeline (needs = embedding)
-        return (gather_rows(self.store.embeddings(), rows) @ q.embedding).astype(np.float64)
+        return row_dots(self.store.embeddings(), rows, np.asarray(q.embedding)[:, None])[0][:, 0]
 
 
 class Random(Method):

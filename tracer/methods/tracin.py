@@ -20,18 +20,6 @@ from tracer.featurize.views import ADAM, RAW
 from tracer.methods.base import GradientMethod, QueryFeatures
 
 
-def gather_rows(mat: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows of a memmap as float32 (read in sorted order; torch converts fp16 ~2x faster than numpy)."""
-    import torch
-
-    order = np.argsort(rows, kind="stable")
-    block = np.ascontiguousarray(mat[rows[order]])
-    out = torch.from_numpy(block).float().numpy() if block.dtype == np.float16 else block.astype(np.float32)
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return out[inverse] if not np.array_equal(order, np.arange(len(order))) else out
-
-
 def tracin_space(vectors: list[np.ndarray], lrs: list[float]) -> np.ndarray:
     """``[sqrt(lr_c) v_c]_c`` concatenated: the space where ``<a, b>`` is the TracIn-CP sum over checkpoints.
 
