@@ -117,3 +117,38 @@ def build_tiny_index(out, bench, run, **overrides):
 def tiny_index(tmp_path_factory, tiny_bench, tiny_run):
     """Path of a complete index over the tiny benchmark (projected 8x8, fp16)."""
     return build_tiny_index(tmp_path_factory.mktemp("idx") / "tiny", tiny_bench, tiny_run)
+
+
+@pytest.fixture(scope="session")
+def hf_trainer_run(tmp_path_factory, tiny_bench, tiny_tokenizer):
+    """A tiny Llama trained by the Hugging Face ``Trainer`` (not ``tracer train``): ``checkpoint-3/`` and
+    ``checkpoint-6/`` with ``trainer_state.json`` and ``optimizer.pt``, the tokenizer saved beside the weights.
+
+    Returns ``(run_dir, trainer)``; the trainer keeps its optimizer so tests can compare its state."""
+    pytest.importorskip("accelerate")
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    _quiet_transformers()
+    out = tmp_path_factory.mktemp("hf_run")
+    model = make_tiny_model("llama", len(tiny_tokenizer), seed=3).train()
+    enc = [tiny_tokenizer(d.text, truncation=True, max_length=32)["input_ids"] for d in tiny_bench.documents[:48]]
+    rows = [{"input_ids": torch.tensor(ids), "labels": torch.tensor(ids)} for ids in enc]
+
+    def collate(batch):
+        n = max(len(b["input_ids"]) for b in batch)
+        pad = tiny_tokenizer.pad_token_id
+        ids = torch.stack([torch.nn.functional.pad(b["input_ids"], (0, n - len(b["input_ids"])), value=pad)
+                           for b in batch])
+        labels = torch.stack([torch.nn.functional.pad(b["labels"], (0, n - len(b["labels"])), value=-100)
+                              for b in batch])
+        return {"input_ids": ids, "labels": labels, "attention_mask": (labels != -100).long()}
+
+    args = TrainingArguments(output_dir=str(out), max_steps=6, save_steps=3, per_device_train_batch_size=8,
+                             learning_rate=3e-3, weight_decay=0.1, logging_steps=1, report_to=[], use_cpu=True,
+                             save_only_model=False, disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    trainer.train()
+    for ck in ("checkpoint-3", "checkpoint-6"):
+        tiny_tokenizer.save_pretrained(out / ck)
+    return out, trainer

@@ -74,7 +74,7 @@ class CheckpointFeaturizer:
         built = {RAW: raw}
         if ADAM in views:
             conv = {n for n, m in self.model.named_modules() if type(m).__name__ == "Conv1D"}
-            built[ADAM] = adam_view(self.layout, cfg, raw, load_second_moment(checkpoint.path), conv)
+            built[ADAM] = adam_view(self.layout, cfg, raw, load_second_moment(checkpoint.path, self.model), conv)
         self._fz = GradientFeaturizer(self.model, self.layout, {v: built[v] for v in views}, cfg.loss_reduction)
 
     @property

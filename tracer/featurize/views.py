@@ -79,10 +79,16 @@ def adam_view(layout: Sequence[Block], cfg: FeaturizeConfig, raw: View, second_m
     return View(p_in, p_out, scale, dict(raw.p_vec))
 
 
-def load_second_moment(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Adam's ``exp_avg_sq`` saved by ``tracer train`` (``optimizer_v.safetensors``)."""
+def load_second_moment(checkpoint_dir: str | Path, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Adam's ``exp_avg_sq`` by parameter name: ``optimizer_v.safetensors`` (``tracer train``), else the
+    Hugging Face Trainer's ``optimizer.pt`` mapped through ``model``'s parameter order (see
+    :mod:`tracer.model.optimizer_state`)."""
     from safetensors.torch import load_file
 
     from tracer.model.loading import OPTIMIZER_V
+    from tracer.model.optimizer_state import OPTIMIZER_PT, load_optimizer_pt, map_exp_avg_sq
 
-    return load_file(str(Path(checkpoint_dir) / OPTIMIZER_V))
+    d = Path(checkpoint_dir)
+    if (d / OPTIMIZER_V).is_file() or model is None:
+        return load_file(str(d / OPTIMIZER_V))
+    return map_exp_avg_sq(load_optimizer_pt(d / OPTIMIZER_PT), model, str(d / OPTIMIZER_PT))[0]

@@ -38,7 +38,8 @@ class Checkpoint:
 
     @property
     def has_optimizer_state(self) -> bool:
-        return (self.path / OPTIMIZER_V).is_file()
+        """Adam state is on disk: ``optimizer_v.safetensors``, or the HF Trainer's ``optimizer.pt``."""
+        return (self.path / OPTIMIZER_V).is_file() or (self.path / "optimizer.pt").is_file()
 
 
 def _require_local_dir(path: str | Path, what: str) -> Path:
@@ -116,9 +117,9 @@ def checkpoint_provenance(path: str | Path, default_lr: float = 1.0, lr_flag: fl
     ck, lr_from = _read_checkpoint(p, default_lr)
     if lr_flag is not None:
         ck, lr_from = Checkpoint(p, lr_flag, ck.step), "--lr"
-    adam = (f"Adam second moment from {OPTIMIZER_V}" if ck.has_optimizer_state else
-            "no Adam state read (tracin_cos uses unit-normalised gradients)" +
-            (f"; {p / 'optimizer.pt'} is not read" if (p / "optimizer.pt").is_file() else ""))
+    adam = (f"Adam second moment from {OPTIMIZER_V}" if (p / OPTIMIZER_V).is_file() else
+            "Adam second moment from optimizer.pt (weights_only load, mapped by parameter order)"
+            if ck.has_optimizer_state else "no Adam state (random-projection views use unit-normalised gradients)")
     return f"{p}: lr {ck.lr:g} from {lr_from}, step {ck.step}; {adam}"
 
 
