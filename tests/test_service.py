@@ -319,8 +319,10 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 ERROR_CASES = [
     ("empty target", {"prompt": "p", "target": ""}, INVALID, "target: must not be empty"),
     ("empty prompt", {"prompt": "", "target": "t"}, INVALID, "prompt: must not be empty"),
-    ("unknown method", {"method": 99}, INVALID, "method: unknown value 99"),
-    ("unknown candidates", {"candidates": 42}, INVALID, "candidates: unknown value 42"),
+    ("unknown method", {"method": 99}, INVALID,
+     "method: unknown value 99; expected one of bm25, embedding, tracin, tracin_cos, influence, trak, random"),
+    ("unknown candidates", {"candidates": 42}, INVALID,
+     "candidates: unknown value 42; expected one of bm25, embedding, gradient, union, full"),
     ("unknown index", {"index": "nope"}, grpc.StatusCode.NOT_FOUND,
      "index: unknown index 'nope' (serving tiny)"),
     ("huge index name", {"index": "x" * 100_000}, grpc.StatusCode.NOT_FOUND,
@@ -560,7 +562,7 @@ def test_service_config_validation() -> None:
 
 
 def test_client_rejects_unknown_method_locally(served: Served) -> None:
-    with pytest.raises(errors.InvalidRequestError, match="unknown Method 'magic'"):
+    with pytest.raises(errors.InvalidRequestError, match="unknown Method 'magic'; expected one of bm25, embedding, tracin, tracin_cos, influence, trak, random$"):
         served.client.trace("p", "t", method="magic")
     assert isinstance(BatchItem(0), BatchItem)
 
@@ -729,7 +731,8 @@ def test_real_index_batch_examples_and_errors(real_served: tuple[Served, Any], t
                                                     timeout=5))
     assert err.code() == grpc.StatusCode.NOT_FOUND and "no-such-doc" in err.details()
     err = rpc_error(lambda: s.stub.Trace(pb.TraceRequest(prompt="p", target="t", candidates=99), timeout=5))
-    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "candidates: unknown value 99")
+    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                          "candidates: unknown value 99; expected one of bm25, embedding, gradient, union, full")
 
 
 def test_real_index_evaluate(real_served: tuple[Served, Any], tiny_bench: Any) -> None:

@@ -88,7 +88,9 @@ def _enum(enum: Any, name: str | None) -> Any:
     try:
         return enum.Value(_PREFIXES[enum] + name.upper())
     except ValueError:
-        raise errors.InvalidRequestError(f"unknown {enum.DESCRIPTOR.name} {name!r}") from None
+        valid = [n.removeprefix(_PREFIXES[enum]).lower() for n in enum.keys() if not n.endswith("_UNSPECIFIED")]
+        raise errors.InvalidRequestError(f"unknown {enum.DESCRIPTOR.name} {name!r}; expected one of "
+                                         f"{', '.join(valid)}") from None
 
 
 def _name(enum: Any, value: int) -> str:

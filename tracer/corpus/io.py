@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -55,10 +56,53 @@ PARQUET_SUFFIX = ".parquet"
 FINGERPRINT_TAG = b"tracer-corpus-v1\x00"
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def _read_problem(path: Path, exc: Exception, after: str) -> DataError:
+    """One-line ``DataError`` for a file that cannot be decompressed or read (not a traceback)."""
+    if isinstance(exc, EOFError):
+        return DataError(f"{path}: truncated gzip file (compressed data ends {after}); re-download or re-create it")
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        return DataError(f"{path}: damaged gzip file {after} ({exc})")
+    return DataError(f"{path}: cannot read file ({exc})")
+
+
+def _not_utf8(where: str, exc: UnicodeDecodeError) -> DataError:
+    bad = exc.object[exc.start:exc.start + 1].hex()
+    return DataError(f"{where}: not valid UTF-8 (byte 0x{bad} at byte {exc.start + 1} of the line)")
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yields ``(1-based line number, decoded line)``; bad UTF-8 names its line, a damaged ``.gz`` the last good one."""
+    lineno = 0
+    try:
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise _not_utf8(f"{path}:{lineno}", e) from None
+                yield lineno, line
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise _read_problem(path, e, f"after line {lineno}" if lineno else "at its start") from None
+
+
+def _read_text(path: Path, limit: int = -1) -> str:
+    """The file's text (its first ``limit`` bytes when ``limit >= 0``), with the same one-line errors."""
+    try:
+        with _open_binary(path) as f:
+            data = f.read(limit)
+    except (OSError, EOFError, zlib.error) as e:
+        raise _read_problem(path, e, "while reading") from None
+    try:
+        return data.decode("utf-8", errors="ignore" if limit >= 0 else "strict")  # a head may cut a character
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        e = UnicodeDecodeError(e.encoding, data[line_start:], e.start - line_start, e.end - line_start, e.reason)
+        raise _not_utf8(f"{path}:{lineno}", e) from None
 
 
 def _base_suffix(path: Path) -> str:
@@ -77,31 +121,30 @@ def iter_json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[st
         ``("<path>:<line>", row)`` with 1-based line numbers.
 
     Raises:
-        DataError: If the file is missing, or a line is not a JSON object.
+        DataError: If the file is missing, a line is not UTF-8 or not a JSON object, or a ``.gz``
+            file is truncated or damaged.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+    for lineno, line in _iter_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with _open_text(path) as f:
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+    try:
+        rows = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
     for i, row in enumerate(rows):
@@ -111,9 +154,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _starts_with_bracket(path: Path) -> bool:
-    with _open_text(path) as f:
-        head = f.read(4096).lstrip()
-    return head.startswith("[")
+    return _read_text(path, 4096).lstrip().startswith("[")
 
 
 def _iter_table(rows: Sequence[dict[str, Any]], path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

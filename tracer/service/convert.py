@@ -34,9 +34,16 @@ def enum_to_name(enum: Any, value: int, field: str) -> str | None:
     try:
         full = enum.Name(value)
     except ValueError:
-        raise InvalidRequestError(f"{field}: unknown value {value}") from None
+        raise InvalidRequestError(f"{field}: unknown value {value}; expected one of {', '.join(enum_names(enum))}") \
+            from None
     name = full.removeprefix(_PREFIXES[enum]).lower()
     return None if name == "unspecified" else name
+
+
+def enum_names(enum: Any) -> list[str]:
+    """Library names of every value of ``enum`` but ``_UNSPECIFIED``, in proto order."""
+    names = (n.removeprefix(_PREFIXES[enum]).lower() for n in enum.keys())
+    return [n for n in names if n != "unspecified"]
 
 
 def name_to_enum(enum: Any, name: str) -> Any:
