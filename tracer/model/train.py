@@ -135,7 +135,7 @@ def _train_loop(model: Any, tok: Any, data: Sequence[Encoded], cfg: TrainConfig,
 
 def train(docs: Sequence[Document], cfg: TrainConfig, out_dir: str | Path,
           queries: Sequence[Query] = (), train_prompts: dict[str, str] | None = None,
-          progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+          progress: Callable[..., Any] | None = None, tokenizer: Any = None) -> dict[str, Any]:
     """Train a tokenizer and an LM on ``docs``; save checkpoints and ``train_report.json``.
 
     Args:
@@ -145,6 +145,8 @@ def train(docs: Sequence[Document], cfg: TrainConfig, out_dir: str | Path,
         queries: Benchmark queries to measure accuracy on (held-out templates).
         train_prompts: ``query_id -> prompt`` phrased with a training template.
         progress: ``tqdm``-like factory; defaults to tqdm.
+        tokenizer: A ready tokenizer to use instead of training one on ``docs`` (LDS retrains on
+            subsets with the full corpus's tokenizer, so losses stay comparable across models).
 
     Returns:
         The train report (also written to ``out_dir/train_report.json``).
@@ -156,7 +158,7 @@ def train(docs: Sequence[Document], cfg: TrainConfig, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tok = train_tokenizer((d.text for d in docs), cfg.arch.vocab_size)
+    tok = tokenizer if tokenizer is not None else train_tokenizer((d.text for d in docs), cfg.arch.vocab_size)
     tok.save_pretrained(out / TOKENIZER_DIR)
     data = [encode_example(tok, "", d.text, cfg.max_length) for d in docs]
     model = build_model(cfg.arch, len(tok), seed=cfg.seed)

@@ -1,0 +1,178 @@
+"""The LDS benchmark over one index: subset models, measured losses, every method's full-corpus scores.
+
+Lifecycle (each step cached or cheap, so methods can be added without retraining):
+
+1. the corpus is the index's own documents, in row order (so subset rows are index rows);
+2. :func:`~tracer.lds.score.sample_subsets` draws ``M`` seeded α-subsets;
+3. :func:`~tracer.lds.retrain.ensure_subset_models` trains the missing subset models with the
+   full run's recipe and tokenizer (``cache_dir``);
+4. :func:`~tracer.lds.retrain.subset_losses` measures each query's target loss under each model;
+5. :func:`attribution_scores` scores every (query, document) pair with each method on the index
+   (the full corpus, exactly: no candidate stage);
+6. :func:`~tracer.lds.score.lds` per method, with a bootstrap interval over queries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tracer.lds.retrain import (
+    KEY_FILE,
+    cache_key,
+    ensure_subset_models,
+    subset_losses,
+    tokenizer_fingerprint,
+)
+from tracer.lds.score import lds, sample_subsets
+from tracer.types import Query
+
+log = logging.getLogger(__name__)
+
+PROPONENTS = "proponents*"  # reference row: score 1 for a query's ground-truth proponents, else 0
+
+
+@dataclass(frozen=True)
+class LdsConfig:
+    """What an LDS run computes."""
+
+    n_subsets: int = field(default=32, metadata={"help": "M, subset models trained"})
+    alpha: float = field(default=0.5, metadata={"help": "fraction of the corpus in each subset"})
+    seed: int = field(default=0, metadata={"help": "subset sampling seed"})
+    methods: tuple[str, ...] = field(default=(), metadata={
+        "help": "methods to score (empty: every one the index offers)"})
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples over queries"})
+    batch_size: int = field(default=32, metadata={"help": "queries featurized together"})
+
+    def __post_init__(self) -> None:
+        if self.n_subsets < 2:
+            raise ValueError(f"LdsConfig.n_subsets must be >= 2 (a rank correlation needs 2), "
+                             f"got {self.n_subsets}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"LdsConfig.alpha must be in (0, 1), got {self.alpha}")
+        if self.n_boot < 1 or self.batch_size < 1:
+            raise ValueError("LdsConfig.n_boot and batch_size must be >= 1")
+
+
+def attribution_scores(retriever: Any, pairs: Sequence[tuple[str, str]], methods: Sequence[str],
+                       batch_size: int = 32) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every method's score of every (query, document) pair, over the whole corpus.
+
+    Args:
+        retriever: A :class:`tracer.retrieval.Retriever` on the index.
+        pairs: ``(prompt, target)`` queries.
+        methods: Method names.
+        batch_size: Queries featurized together.
+
+    Returns:
+        ``{method: (n_queries, n_docs) float64}`` (row order = index rows) and the seconds each
+        method spent scoring (featurizing is shared and reported as ``"featurize"``).
+    """
+    n = retriever.store.n_documents
+    every = np.arange(n, dtype=np.int64)
+    out = {m: np.zeros((len(pairs), n)) for m in methods}
+    secs = {m: 0.0 for m in (*methods, "featurize")}
+    for s in range(0, len(pairs), batch_size):
+        t0 = time.perf_counter()
+        feats = retriever.features(list(pairs[s:s + batch_size]), methods, "full")
+        retriever.prepare_queries(feats, methods)
+        secs["featurize"] += time.perf_counter() - t0
+        for i, qf in enumerate(feats):
+            for m in methods:
+                t0 = time.perf_counter()
+                scores, rows = retriever.rank(qf, m, n, every)
+                out[m][s + i, rows] = scores
+                secs[m] += time.perf_counter() - t0
+            qf.cache.clear()
+    return out, secs
+
+
+def proponent_scores(queries: Sequence[Query], doc_ids: Sequence[str]) -> np.ndarray:
+    """``(n_queries, n_docs)`` float64: 1 where the document is one of the query's proponents."""
+    row_of = {d: i for i, d in enumerate(doc_ids)}
+    out = np.zeros((len(queries), len(doc_ids)))
+    for qi, q in enumerate(queries):
+        out[qi, [row_of[p] for p in q.proponents if p in row_of]] = 1.0
+    return out
+
+
+def run_lds(index_dir: str | Path, queries: Sequence[Query], run_dir: str | Path, cache_dir: str | Path,
+            cfg: LdsConfig = LdsConfig(), recipe: Any = None,
+            on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """The LDS of every method of an index (see the module docstring).
+
+    Args:
+        index_dir: An index built from ``run_dir``'s checkpoints.
+        queries: The queries (target losses are measured on their ``(prompt, target)``).
+        run_dir: The full-corpus ``tracer train`` run: its ``train_config.json`` is the recipe and
+            its ``tokenizer/`` the tokenizer of every subset model.
+        cache_dir: Where subset models are cached.
+        cfg: Subsets, methods, bootstrap.
+        recipe: A :class:`~tracer.model.train.TrainConfig` overriding the run's recipe.
+        on_progress: ``(done, total, stage)``.
+
+    Returns:
+        The report: ``settings``, ``methods`` (``{name: {"lds": {mean, lo, hi, n, n_undefined},
+        "score_seconds"}}``) and ``cost``.
+    """
+    from tracer.corpus import corpus_fingerprint
+    from tracer.model.train import TRAIN_CONFIG, TrainConfig
+    from tracer.retrieval import Retriever
+    from tracer.index.store import IndexStore
+
+    t_start = time.perf_counter()
+    run = Path(run_dir)
+    recipe = recipe or TrainConfig.from_dict(json.loads((run / TRAIN_CONFIG).read_text()))
+    store = IndexStore.open(index_dir)
+    docs = [store.document(i) for i in range(store.n_documents)]
+    masks = sample_subsets(len(docs), cfg.n_subsets, cfg.alpha, cfg.seed)
+    key = cache_key(corpus_fingerprint(docs), recipe, tokenizer_fingerprint(run / "tokenizer"), cfg.alpha,
+                    cfg.seed)
+    family = Path(cache_dir) / key["key"]
+    family.mkdir(parents=True, exist_ok=True)
+    (family / KEY_FILE).write_text(json.dumps(key, indent=2))
+    models = ensure_subset_models(docs, masks, recipe, run / "tokenizer", family,
+                                  (lambda d, t: on_progress(d, t, "train")) if on_progress else None)
+    t0 = time.perf_counter()
+    pairs = [(q.prompt, q.target) for q in queries]
+    losses = subset_losses(models, run / "tokenizer", pairs)
+    loss_s = time.perf_counter() - t0
+    retriever = Retriever(store)
+    methods = list(cfg.methods) or retriever.available_methods()
+    scores, score_s = attribution_scores(retriever, pairs, methods, cfg.batch_size)
+    retriever.close()
+    if any(q.proponents for q in queries):
+        scores[PROPONENTS] = proponent_scores(queries, store.doc_ids)
+    report_methods = {m: {"lds": lds(s, masks, losses, cfg.n_boot, cfg.seed, m),
+                          "score_seconds": round(score_s.get(m, 0.0), 2)} for m, s in scores.items()}
+    trained = [m.train_seconds for m in models]
+    cost = {"train_seconds_per_model": round(float(np.mean(trained)), 2),
+            "train_seconds_total": round(float(np.sum(trained)), 1),
+            "models_trained_now": sum(m.trained_now for m in models),
+            "loss_seconds": round(loss_s, 2), "featurize_seconds": round(score_s["featurize"], 2),
+            "wall_seconds": round(time.perf_counter() - t_start, 1)}
+    settings = {**asdict(cfg), "methods": methods, "index": str(index_dir),
+                "index_fingerprint": store.fingerprint,
+                "n_documents": len(docs), "n_queries": len(queries), "subset_size": int(masks[0].sum()),
+                "cache": str(family), "recipe": key["recipe"],
+                "loss_std_over_subsets": round(float(losses.std(axis=1).mean()), 4),
+                "convention": "Spearman(sum of scores over the subset, -target loss) per query; "
+                              "undefined (constant) = 0; mean over queries, 95% bootstrap CI"}
+    return {"title": f"LDS on {store.name}", "settings": settings, "methods": report_methods, "cost": cost}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A markdown table of a :func:`run_lds` report, best LDS first."""
+    rows = sorted(report["methods"].items(), key=lambda kv: -kv[1]["lds"]["mean"])
+    lines = ["| method | LDS | 95% CI | queries | undefined | scoring s |", "|---|---:|---|---:|---:|---:|"]
+    for name, r in rows:
+        v = r["lds"]
+        lines.append(f"| {name} | {v['mean']:.3f} | [{v['lo']:.3f}, {v['hi']:.3f}] | {v['n']} | "
+                     f"{v['n_undefined']} | {r['score_seconds']:.1f} |")
+    return "\n".join(lines)
