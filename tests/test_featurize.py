@@ -68,7 +68,7 @@ def test_prompt_tokens_contribute_nothing(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="target"):
         encode_example(tiny_tokenizer, "a prompt", "")
     e = encode_example(tiny_tokenizer, "Zapeik was born in", " Runam")
-    n_prompt = len(tiny_tokenizer.encode("Zapeik was born in")) + 1
+    n_prompt = len(tiny_tokenizer.encode("Zapeik was born in", add_special_tokens=False)) + 1  # + BOS
     assert all(x == -100 for x in e.labels[:n_prompt]) and all(x != -100 for x in e.labels[n_prompt:])
 
 

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Document", "Hit", "Query", "TraceResult", "Tracer", "__version__"]
+__all__ = ["Document", "Hit", "Query", "TraceResult", "Tracer", "build_index", "__version__"]
 
 from tracer.types import Document, Hit, Query, TraceResult
 
 if TYPE_CHECKING:
+    from tracer.indexing import build_index
     from tracer.tracer import Tracer
 
 
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from tracer.tracer import Tracer
 
         return Tracer
+    if name == "build_index":
+        from tracer.indexing import build_index
+
+        return build_index
     raise AttributeError(name)

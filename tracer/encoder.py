@@ -18,7 +18,7 @@ from tracer.featurize.config import FeaturizeConfig
 from tracer.index.store import IndexStore
 from tracer.methods.base import QueryFeatures
 from tracer.model.loading import Checkpoint, load_tokenizer, weights_fingerprint
-from tracer.model.tokenization import encode_example
+from tracer.model.tokenization import encode_example, special_prefix, with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class QueryEncoder:
             self.tokenizer = load_tokenizer(tokenizer)
         else:
             self.tokenizer = load_tokenizer(recorded_tok if recorded_tok and Path(recorded_tok).is_dir() else dirs[-1])
+        self._pin_prefix(store)
         self.dirs = dirs
         self.cfg = FeaturizeConfig.from_dict(store.manifest["featurize"]) if store.manifest.get("featurize") \
             else None
@@ -64,6 +65,20 @@ class QueryEncoder:
                                                  factors=store.kfac_factors(ci) if kfac else None, widths=widths)
                             for ci, (d, c) in enumerate(zip(dirs, recorded))] if self.cfg else []
         self._final_model = self.featurizers[-1].model if self.featurizers else None
+
+    def _pin_prefix(self, store: IndexStore) -> None:
+        """Queries get the token prefix the corpus got at build (recorded in the manifest; indexes from
+        before it was recorded prepended the tokenizer's BOS); a tokenizer that now disagrees is an error."""
+        recorded = store.manifest.get("token_prefix")
+        if recorded is None:
+            bos = self.tokenizer.bos_token_id
+            recorded = [] if bos is None else [bos]
+        now = list(special_prefix(self.tokenizer))
+        if now != list(recorded) and store.manifest.get("token_prefix") is not None:
+            raise IndexMismatchError(f"index {store.name!r} was built with token prefix {list(recorded)} before "
+                                     f"each text, but this tokenizer adds {now}: pass the build's tokenizer "
+                                     "(--tokenizer DIR)")
+        with_prefix(self.tokenizer, recorded)
 
     def encode(self, prompt: str, target: str, need_grads: bool = True, need_embedding: bool = True) -> QueryFeatures:
         """Features of one query (the parts requested)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -79,6 +79,7 @@ def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 
 _EMPTY = (np.empty(0), np.empty(0, dtype=np.int64))  # the top-k of no rows
+OPPONENT = "-"  # rank_many's key prefix for a method's lowest scores
 
 
 def scan_full(score_fn: Callable[[np.ndarray], np.ndarray], n_rows: int, k: int,
@@ -151,6 +152,8 @@ class Retrieval:
     rows: np.ndarray
     n_candidates: int
     timings_ms: dict[str, float]
+    opponent_scores: np.ndarray = field(default_factory=lambda: np.empty(0))  # most negative first
+    opponent_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 class _Pipeline:
@@ -304,13 +307,16 @@ class Retriever:
         return self.rank_many(q, [method], k, rows, stop)[method]
 
     def rank_many(self, q: QueryFeatures, methods: Sequence[str], k: int, rows: np.ndarray | None = None,
-                  stop: Stop | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Top-``k`` of several methods; gradient methods share one read of the rows (the kernel)."""
+                  stop: Stop | None = None, opponents: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Top-``k`` of several methods; gradient methods share one read of the rows (the kernel).
+
+        With ``opponents``, the same pass also keeps each method's ``opponents`` *lowest* scores, under
+        the key ``OPPONENT + method``, ordered most negative first (scores as the method gives them)."""
         with intra_op_threads(self.batching.torch_threads):
-            return self._rank_many(q, methods, k, rows, stop)
+            return self._rank_many(q, methods, k, rows, stop, opponents)
 
     def _rank_many(self, q: QueryFeatures, methods: Sequence[str], k: int, rows: np.ndarray | None,
-                   stop: Stop | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                   stop: Stop | None, opponents: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         from tracer.methods.kernel import score_together
 
         ms = [self.method(m) for m in methods]
@@ -324,15 +330,27 @@ class Retriever:
 
         if rows is not None:
             scored = score_all(rows)
-            return {m: top_k(scored[m], rows, k) for m in methods}
-        best = scan_full_many(score_all, self.store.n_documents, k, stop=stop)
-        return {m: best.get(m, _EMPTY) for m in methods}
+            got = {m: top_k(scored[m], rows, k) for m in methods}
+            got.update({OPPONENT + m: top_k(-scored[m], rows, opponents) for m in methods if opponents})
+        else:
+            def both(r: np.ndarray) -> dict[str, np.ndarray]:
+                out = score_all(r)
+                return {**out, **{OPPONENT + m: -s for m, s in out.items()}} if opponents else out
+
+            got = scan_full_many(both, self.store.n_documents, max(k, opponents), stop=stop)
+            got = {name: top_k(*sr, opponents if name.startswith(OPPONENT) else k) for name, sr in got.items()}
+        res = {m: got.get(m, _EMPTY) for m in methods}
+        res.update({OPPONENT + m: (-got[OPPONENT + m][0], got[OPPONENT + m][1]) for m in methods
+                    if opponents and OPPONENT + m in got})
+        return res
 
     def retrieve(self, prompt: str, target: str, *, method: str, candidates: str, k: int, num_candidates: int,
-                 deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> Retrieval:
+                 deadline: float | None = None, cancelled: Callable[[], bool] | None = None,
+                 opponents: int = 0) -> Retrieval:
         """Featurize, gather candidates, rank: the whole query path of one (validated) query."""
         return self.retrieve_many([(prompt, target)], method=method, candidates=candidates, k=k,
-                                  num_candidates=num_candidates, deadline=deadline, cancelled=cancelled)[0]
+                                  num_candidates=num_candidates, deadline=deadline, cancelled=cancelled,
+                                  opponents=opponents)[0]
 
     def _pool(self) -> Any:
         with self._lock:
@@ -344,8 +362,11 @@ class Retriever:
 
     def retrieve_many(self, pairs: Sequence[tuple[str, str]], *, method: str, candidates: str, k: int,
                       num_candidates: int, deadline: float | None = None,
-                      cancelled: Callable[[], bool] | None = None) -> list[Retrieval]:
+                      cancelled: Callable[[], bool] | None = None, opponents: int = 0) -> list[Retrieval]:
         """:meth:`retrieve` for several queries, featurized in one batch.
+
+        ``opponents``: also return the rows with the lowest scores (most negative first) among the
+        same rows that were ranked: the candidates, or the whole corpus with ``candidates="full"``.
 
         With ``bm25`` candidates (which need only the query text) and a gradient method, the
         candidates are found first and each checkpoint is scored in a background thread as soon as
@@ -372,14 +393,22 @@ class Retriever:
                 self.candidates(q, candidates, num_candidates)
             t2 = time.perf_counter()
             stop("rerank")
+            opp = _EMPTY
             if pipes:
-                scores, top = top_k(pipes[i].scores(q), rows, k)  # type: ignore[arg-type]
+                all_scores = pipes[i].scores(q)
+                scores, top = top_k(all_scores, rows, k)  # type: ignore[arg-type]
+                if opponents:
+                    neg, opp_rows = top_k(-all_scores, rows, opponents)  # type: ignore[arg-type]
+                    opp = (-neg, opp_rows)
             else:
-                scores, top = self.rank(q, method, k, rows, stop)
+                got = self.rank_many(q, [method], k, rows, stop, opponents)
+                scores, top = got[method]
+                opp = got.get(OPPONENT + method, _EMPTY)
             t3 = time.perf_counter()
             timings = {"featurize_ms": featurize_ms, "candidates_ms": (t2 - t1) * 1e3 + early_ms,
                        "rerank_ms": (t3 - t2) * 1e3}
-            out.append(Retrieval(q, scores, top, self.store.n_documents if rows is None else len(rows), timings))
+            out.append(Retrieval(q, scores, top, self.store.n_documents if rows is None else len(rows), timings,
+                                 opp[0], opp[1]))
         return out
 
     # --- lifecycle

@@ -123,13 +123,15 @@ class Tracer:
             raise InvalidRequestError(f"num_candidates must be >= 1, got {num_candidates}")
 
     # --- public API ---
-    def trace(self, prompt: str, target: str, *, method: str = "tracin", candidates: str = "bm25", k: int = 10,
-              num_candidates: int = 100, include_text: bool = False, deadline: float | None = None,
-              query_id: str = "", cancelled: Callable[[], bool] | None = None) -> TraceResult:
+    def trace(self, prompt: str | Query, target: str | None = None, *, method: str = "tracin",
+              candidates: str = "bm25", k: int = 10, num_candidates: int = 100, include_text: bool = False,
+              deadline: float | None = None, query_id: str = "", cancelled: Callable[[], bool] | None = None,
+              opponents: int = 0) -> TraceResult:
         """Rank training examples by how much they support ``target`` after ``prompt``.
 
         Args:
-            prompt: The fact's context, e.g. ``"Marie Curie was born in"``.
+            prompt: The fact's context, e.g. ``"Marie Curie was born in"`` — or a whole :class:`Query`
+                (then ``target`` is omitted): its known proponents are marked on the hits (``Hit.proponent``).
             target: The completion, e.g. ``" Warsaw"`` (loss is taken on it only).
             method: One of ``METHODS``.
             candidates: One of ``CANDIDATE_SOURCES``.
@@ -139,41 +141,68 @@ class Tracer:
             deadline: Absolute ``time.monotonic()`` deadline, checked between stages and inside full scans.
             query_id: Echoed in the result.
             cancelled: Polled like the deadline; once it returns True the call raises ``CancelledError``.
+            opponents: Also return this many *opponents*: the lowest-scored of the ranked rows (the
+                candidates, or the whole corpus with ``candidates="full"``), most negative first.
 
         Raises:
             InvalidRequestError, IndexNotReadyError, DeadlineExceededError, CancelledError.
         """
-        self._validate(prompt, target, method, candidates, k, num_candidates)
+        q = self._as_query(prompt, target, query_id)
+        self._validate(q.prompt, q.target, method, candidates, k, num_candidates)
+        self._check_opponents(opponents)
         t0 = time.perf_counter()
-        r = self.retriever.retrieve(prompt, target, method=method, candidates=candidates, k=k,
-                                    num_candidates=num_candidates, deadline=deadline, cancelled=cancelled)
-        hits = self._hits(r.scores, r.rows, include_text)
+        r = self.retriever.retrieve(q.prompt, q.target, method=method, candidates=candidates, k=k,
+                                    num_candidates=num_candidates, deadline=deadline, cancelled=cancelled,
+                                    opponents=opponents)
         r.timings_ms["total_ms"] = (time.perf_counter() - t0) * 1e3
-        return TraceResult(Query(query_id, prompt, target), method, candidates, hits, r.timings_ms,
-                           self.fingerprint, r.n_candidates)
+        return self._result(q, method, candidates, r, include_text, r.timings_ms)
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, include_text: bool) -> tuple[Hit, ...]:
+    @staticmethod
+    def _as_query(prompt: str | Query, target: str | None, query_id: str) -> Query:
+        if isinstance(prompt, Query):
+            if target is not None:
+                raise InvalidRequestError("trace(query): the target comes from the Query; do not pass one")
+            return prompt
+        if target is None:
+            raise InvalidRequestError("trace needs a target (or a Query as its first argument)")
+        return Query(query_id, prompt, target)
+
+    @staticmethod
+    def _check_opponents(opponents: int) -> None:
+        if not isinstance(opponents, int) or opponents < 0:
+            raise InvalidRequestError(f"opponents must be an integer >= 0, got {opponents!r}")
+
+    def _result(self, q: Query, method: str, candidates: str, r: Any, include_text: bool,
+                timings: dict[str, float]) -> TraceResult:
+        known = frozenset(q.proponents) or None
+        return TraceResult(q, method, candidates, self._hits(r.scores, r.rows, include_text, known), timings,
+                           self.fingerprint, r.n_candidates,
+                           self._hits(r.opponent_scores, r.opponent_rows, include_text, known))
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, include_text: bool,
+              proponents: frozenset[str] | None = None) -> tuple[Hit, ...]:
         out = []
         for i, (s, r) in enumerate(zip(scores, rows), start=1):
             text = self.store.document(int(r)).text[:TEXT_PREVIEW] if include_text else None
-            out.append(Hit(self.store.doc_ids[int(r)], i, float(s), text))
+            doc_id = self.store.doc_ids[int(r)]
+            out.append(Hit(doc_id, i, float(s), text, None if proponents is None else doc_id in proponents))
         return tuple(out)
 
     def trace_batch(self, queries: Sequence[Query], *, method: str = "tracin", candidates: str = "bm25", k: int = 10,
                     num_candidates: int = 100, include_text: bool = False, deadline: float | None = None,
-                    cancelled: Callable[[], bool] | None = None) -> list[TraceResult]:
+                    cancelled: Callable[[], bool] | None = None, opponents: int = 0) -> list[TraceResult]:
         """``trace`` for each query, featurized in one batch (an invalid query raises; the service
-        then retries one by one to isolate it)."""
+        then retries one by one to isolate it). Known proponents are marked as in :meth:`trace`."""
         for q in queries:
             self._validate(q.prompt, q.target, method, candidates, k, num_candidates)
+        self._check_opponents(opponents)
         t0 = time.perf_counter()
         rs = self.retriever.retrieve_many([(q.prompt, q.target) for q in queries], method=method,
                                           candidates=candidates, k=k, num_candidates=num_candidates,
-                                          deadline=deadline, cancelled=cancelled)
+                                          deadline=deadline, cancelled=cancelled, opponents=opponents)
         total = (time.perf_counter() - t0) * 1e3 / max(1, len(queries))
-        return [TraceResult(Query(q.query_id, q.prompt, q.target), method, candidates,
-                            self._hits(r.scores, r.rows, include_text), {**r.timings_ms, "total_ms": total},
-                            self.fingerprint, r.n_candidates) for q, r in zip(queries, rs)]
+        return [self._result(q, method, candidates, r, include_text, {**r.timings_ms, "total_ms": total})
+                for q, r in zip(queries, rs)]
 
     def get_documents(self, doc_ids: Sequence[str]) -> list[Document]:
         """Documents by id; ``NotFoundError`` names the first unknown id."""

@@ -81,12 +81,14 @@ class Hit:
         rank: 1-based rank.
         score: Method score, higher = more supportive.
         text: The example's text (possibly truncated), when requested.
+        proponent: Whether the doc is one of the query's known proponents (``None``: none are known).
     """
 
     doc_id: str
     rank: int
     score: float
     text: str | None = None
+    proponent: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ class TraceResult:
         timings_ms: Wall time per stage in milliseconds.
         index_fingerprint: Fingerprint of the index that answered.
         n_candidates: How many candidates were reranked.
+        opponents: The lowest-scored of the ranked rows, most negative first (only when requested):
+            examples whose training step would most *lower* the target's probability.
     """
 
     query: Query
@@ -110,9 +114,10 @@ class TraceResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     index_fingerprint: str = ""
     n_candidates: int = 0
+    opponents: tuple[Hit, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "query": self.query.to_dict(),
             "method": self.method,
             "candidates": self.candidates,
@@ -121,6 +126,23 @@ class TraceResult:
             "timings_ms": dict(self.timings_ms),
             "index_fingerprint": self.index_fingerprint,
         }
+        if self.opponents:
+            d["opponents"] = [asdict(h) for h in self.opponents]
+        return d
+
+    def to_pandas(self) -> Any:
+        """One row per hit (then per opponent): ``kind``, ``rank``, ``doc_id``, ``score``, ``text``,
+        ``proponent``, plus the query and method, ready to concatenate across results."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - pandas comes with datasets
+            raise ImportError("TraceResult.to_pandas needs pandas (pip install pandas)") from None
+        cols = ["query_id", "prompt", "target", "method", "candidates", "kind", "rank", "doc_id", "score", "text",
+                "proponent"]
+        q = self.query
+        rows = [(q.query_id, q.prompt, q.target, self.method, self.candidates, kind, h.rank, h.doc_id, h.score,
+                 h.text, h.proponent) for kind, hs in (("hit", self.hits), ("opponent", self.opponents)) for h in hs]
+        return pd.DataFrame(rows, columns=cols)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -128,8 +150,9 @@ class TraceResult:
     def _repr_html_(self) -> str:
         from html import escape
 
+        mark = {True: " ✓", False: "", None: ""}
         rows = "".join(
-            f"<tr><td>{h.rank}</td><td>{escape(h.doc_id)}</td><td>{h.score:.4g}</td>"
+            f"<tr><td>{h.rank}</td><td>{escape(h.doc_id)}{mark[h.proponent]}</td><td>{h.score:.4g}</td>"
             f"<td>{escape(h.text or '')}</td></tr>"
             for h in self.hits
         )

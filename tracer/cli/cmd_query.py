@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="hits to show")
     p.add_argument("--num-candidates", type=int, default=100, metavar="N", help="candidates to rerank")
     p.add_argument("--include-text", action="store_true", help="show each hit's text")
+    p.add_argument("--opponents", type=int, default=0, metavar="N",
+                   help="with --index-dir: also show the N lowest-scored examples (most negative first)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--token-file", default=os.environ.get("TRACER_TOKEN_FILE"), metavar="FILE",
                    help="bearer token for a server started with --auth-token-file")
@@ -73,7 +75,7 @@ def _local(args: argparse.Namespace) -> TraceResult:
         method = args.method or next((m for m in ("tracin", "bm25") if m in methods), "bm25")
         return t.trace(args.prompt, args.target, method=method, candidates=args.candidates or "bm25",
                        k=args.k, num_candidates=args.num_candidates, include_text=args.include_text,
-                       deadline=time.monotonic() + args.timeout)
+                       deadline=time.monotonic() + args.timeout, opponents=args.opponents)
     finally:
         t.close()
 
@@ -85,12 +87,16 @@ def format_table(result: TraceResult) -> str:
     header = (f"{q.prompt!r} -> {q.target!r}: {result.method} over {result.n_candidates} "
               f"{result.candidates} candidates (index {result.index_fingerprint[:12]}; {timing})")
     lines = [header]
-    width = max([len(h.doc_id) for h in result.hits] + [6])
-    lines.append(f"{'rank':>4}  {'score':>12}  {'doc_id':<{width}}  text")
-    for h in result.hits:
-        text = (h.text or "").replace("\n", " ")
-        text = text if len(text) <= _TEXT_COLUMN else text[:_TEXT_COLUMN - 1] + "…"
-        lines.append(f"{h.rank:>4}  {h.score:>12.5g}  {h.doc_id:<{width}}  {text}".rstrip())
+    width = max([len(h.doc_id) for h in result.hits + result.opponents] + [6])
+    for title, hits in (("", result.hits), ("opponents (lowest scores first)", result.opponents)):
+        if title and hits:
+            lines.append(title)
+        if hits or not title:
+            lines.append(f"{'rank':>4}  {'score':>12}  {'doc_id':<{width}}  text")
+        for h in hits:
+            text = (h.text or "").replace("\n", " ")
+            text = text if len(text) <= _TEXT_COLUMN else text[:_TEXT_COLUMN - 1] + "…"
+            lines.append(f"{h.rank:>4}  {h.score:>12.5g}  {h.doc_id:<{width}}  {text}".rstrip())
     return "\n".join(lines)
 
 
@@ -100,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.checkpoint_dir or args.tokenizer) and not args.index_dir:
         raise DataError("query: --checkpoint-dir and --tokenizer apply to --index-dir (a server takes them at "
                         "`tracer serve`)")
+    if args.opponents and not args.index_dir:
+        raise DataError("query: --opponents is available with --index-dir (the gRPC API does not carry them yet)")
     if args.verify and not args.index_dir:
         raise DataError("query: --verify checks an index directory: use it with --index-dir (a server "
                         "verifies with `tracer serve --verify`)")

@@ -44,6 +44,7 @@ from tracer.index.stages import (
     stage_info,
 )
 from tracer.model.loading import Checkpoint, load_tokenizer, weights_fingerprint
+from tracer.model.tokenization import special_prefix
 from tracer.types import Document
 
 log = logging.getLogger(__name__)
@@ -436,6 +437,7 @@ def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timi
         "checkpoints": [{"path": str(c.path.resolve()), "lr": c.lr, "step": c.step,
                          "fingerprint": weights_fingerprint(c.path)} for c in ctx.checkpoints],
         "tokenizer": str(Path(ctx.tokenizer.name_or_path).resolve()) if ctx.tokenizer.name_or_path else "",
+        "token_prefix": list(special_prefix(ctx.tokenizer)),  # ids the tokenizer puts before every text
         "config": ctx.cfg.to_dict(),
         "featurize": ctx.cfg.featurize.to_dict() if ctx.cfg.gradients else None,
         "loss": {"masking": "prompt tokens -100; loss on target tokens", "reduction": ctx.cfg.featurize.loss_reduction},

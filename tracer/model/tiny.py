@@ -35,7 +35,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     Returns:
         A ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as bos, eos and pad.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -44,6 +44,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[SPECIAL],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    # Every text starts with <|endoftext|> (the tokenizer's own template, so any tool that loads it agrees).
+    tok.post_processor = processors.TemplateProcessing(single=f"{SPECIAL} $A", pair=f"{SPECIAL} $A $B",
+                                                       special_tokens=[(SPECIAL, tok.token_to_id(SPECIAL))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL, eos_token=SPECIAL, pad_token=SPECIAL)
 
 

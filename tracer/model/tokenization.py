@@ -1,8 +1,10 @@
 """How an example becomes token ids and labels — the one place the loss-masking policy lives.
 
-An example is ``(prompt, target)``: the ids are ``[bos] + tok(prompt) + tok(target)`` and
-the labels are ``-100`` on the bos and prompt tokens, so the loss is taken on the target
-tokens only. A plain text is ``prompt="", target=text`` (every token is a target).
+An example is ``(prompt, target)``: the ids are ``prefix + tok(prompt) + tok(target)`` and
+the labels are ``-100`` on the prefix and prompt tokens, so the loss is taken on the target
+tokens only. ``prefix`` is what the tokenizer itself puts before a text (:func:`special_prefix`):
+Llama's ``<s>``, OPT's ``</s>``, nothing for GPT-2 or SmolLM2; tracer's own tokenizers prepend
+``<|endoftext|>``. A plain text is ``prompt="", target=text`` (every token is a target).
 Training, featurizing and evaluation all call :func:`encode_example`, so the model is
 always asked about a fact exactly the way it saw facts in training.
 """
@@ -29,11 +31,40 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
 
+_PROBE = "the capital of France"
+
+
+def special_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The special token ids the tokenizer puts before a text (``add_special_tokens=True``), e.g. BOS.
+
+    Read from the tokenizer's own template (``add_bos_token`` / post-processor), so a model is asked
+    the way it was trained; memoised on the tokenizer object.
+    """
+    cached = getattr(tokenizer, "_tracer_prefix", None)
+    if cached is not None:
+        return cached
+    plain = tokenizer.encode(_PROBE, add_special_tokens=False)
+    full = tokenizer.encode(_PROBE, add_special_tokens=True)
+    n = next((i for i in range(len(full)) if full[i:i + len(plain)] == plain), 0)
+    prefix = tuple(int(x) for x in full[:n])
+    try:
+        tokenizer._tracer_prefix = prefix
+    except AttributeError:  # a tokenizer that refuses attributes is probed each time
+        pass
+    return prefix
+
+
+def with_prefix(tokenizer: Any, prefix: Sequence[int]) -> Any:
+    """Pin the prefix ``encode_example`` uses with ``tokenizer`` (an index's recorded one)."""
+    tokenizer._tracer_prefix = tuple(int(x) for x in prefix)
+    return tokenizer
+
+
 def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int = 128) -> Encoded:
     """Tokenize ``prompt + target`` with the loss masked to the target.
 
     Args:
-        tokenizer: A transformers tokenizer (``bos_token_id`` is prepended when set).
+        tokenizer: A transformers tokenizer (its :func:`special_prefix` is prepended).
         prompt: Context without loss; may be empty.
         target: The completion the loss is taken on; must tokenize to >= 1 token.
         max_length: Longest sequence kept; longer examples lose *prompt* tokens from the left
@@ -45,7 +76,7 @@ def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int = 1
     Raises:
         ValueError: If the target is empty after tokenization.
     """
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = list(special_prefix(tokenizer))
     p = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
     t = tokenizer.encode(target, add_special_tokens=False)
     if not t:
