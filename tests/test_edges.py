@@ -72,3 +72,117 @@ def test_cli_reports_unreadable_files_in_one_line(tmp_path, capsys, monkeypatch,
                  "--methods", "bm25", "--out", "r"]) == 2
     err = capsys.readouterr().err.strip()
     assert qmessage in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- eval: counts, sampling, bars
+class _Bar:
+    made: list[_Bar] = []
+
+    def __init__(self, total: int, desc: str, unit: str) -> None:
+        self.total, self.desc, self.n, self.closed = total, desc, 0, False
+        _Bar.made.append(self)
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_stage_bars_make_one_bar_per_stage():
+    from tracer.cli.cmd_eval import StageBars
+
+    _Bar.made = []
+    bars = StageBars(_Bar)
+    for done in (32, 64, 70):
+        bars(done, 70, "rank")
+    for done in range(1, 21):
+        bars(done, 20, "tail_patch")
+    bars.close()
+    assert [(b.desc, b.total, b.n, b.closed) for b in _Bar.made] == [
+        ("eval rank", 70, 70, True), ("eval tail_patch", 20, 20, True)]
+
+
+def _queries(n_per_relation: dict[str, int]) -> list:
+    from tracer.types import Query
+
+    return [Query(f"{rel}-{i}", "p", " t", relation=rel or None)
+            for rel, n in n_per_relation.items() for i in range(n)]
+
+
+def test_max_queries_is_a_seeded_sample_stratified_by_relation():
+    from collections import Counter
+
+    from tracer.cli.cmd_eval import select_queries, stratified_sample
+
+    queries = _queries({"born_in": 50, "capital_of": 30, "works_for": 15, "": 5})  # 100, file order by relation
+    sample = stratified_sample(queries, 20, seed=0)
+    assert Counter(q.relation for q in sample) == {"born_in": 10, "capital_of": 6, "works_for": 3, None: 1}
+    assert sample == sorted(sample, key=queries.index)  # file order kept
+    assert sample == stratified_sample(queries, 20, seed=0)  # deterministic
+    assert sample != stratified_sample(queries, 20, seed=1)
+    assert [q.query_id for q in sample[:10]] != [f"born_in-{i}" for i in range(10)]  # not the first lines
+    odd = stratified_sample(queries, 7, seed=3)  # 3.5, 2.1, 1.05, 0.35 -> largest remainders fill the 7th
+    assert Counter(q.relation for q in odd) == {"born_in": 4, "capital_of": 2, "works_for": 1}
+    assert stratified_sample(queries, 500, seed=0) == queries
+    assert select_queries(queries, "all", None, 20) == sample  # --seed defaults to 0
+    with pytest.raises(DataError, match="--max-queries must be >= 1, got 0"):
+        select_queries(queries, "all", None, 0)
+
+
+def _eval_queries(tmp_path: Path, bench) -> tuple[Path, list]:
+    """Five labelled queries: one loses its proponents, two name ids the index lacks (3 ids in all)."""
+    qs = [q for q in bench.queries if q.proponents][:5]
+    rows = [q.to_dict() for q in qs]
+    rows[0]["proponents"] = []
+    rows[1]["proponents"] = [*rows[1]["proponents"], "ghost-1", "ghost-2"]
+    rows[2]["proponents"] = ["ghost-1", "ghost-3"]
+    path = tmp_path / "queries.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, qs
+
+
+def _check_eval_output(out: str, records: list, queries_path: Path) -> None:
+    import logging
+
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    dropped = [w for w in warnings if "no proponents" in w]
+    unknown = [w for w in warnings if "are not in index" in w]
+    assert len(dropped) == 1 and dropped[0].startswith("1 "), warnings
+    assert len(unknown) == 1 and unknown[0].startswith("3 proponent ids in "), warnings
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| bm25 |")]
+    assert [cells[3].strip() for cells in rows] == ["4"]  # the table's n
+    assert "eval: 4 queries (all slice, 1 without proponents left out)" in out  # and the footer agree
+
+
+def test_eval_warns_about_unknown_proponents_and_dropped_queries(tmp_path, capsys, caplog, tiny_index,
+                                                                 tiny_bench, monkeypatch):
+    import tqdm.auto
+
+    path, _ = _eval_queries(tmp_path, tiny_bench)
+    _Bar.made = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    assert main(["eval", "--index", str(tiny_index), "--queries", str(path), "--slice", "all", "--methods", "bm25",
+                 "--tail-patch", "--tail-patch-queries", "3", "--out", str(tmp_path / "r")]) == 0
+    _check_eval_output(capsys.readouterr().out, caplog.records, path)
+    assert [(b.desc, b.n) for b in _Bar.made] == [("eval rank", 4), ("eval tail_patch", 3)]
+    settings = json.loads((tmp_path / "r" / "metrics.json").read_text())["settings"]
+    assert (settings["n_queries"], settings["n_queries_without_proponents"], settings["n_unknown_proponents"]) == (
+        4, 1, 3)
+
+
+def test_eval_over_grpc_warns_the_same(tmp_path, capsys, caplog, tiny_index, tiny_bench):
+    from tracer.service.server import ServiceConfig, create_server
+    from tracer.tracer import Tracer
+
+    path, _ = _eval_queries(tmp_path, tiny_bench)
+    with Tracer.open(tiny_index) as tracer:
+        srv, port = create_server(ServiceConfig(port=0), {"tiny": tracer})
+        srv.start()
+        try:
+            assert main(["eval", "--server", f"127.0.0.1:{port}", "--index", "tiny", "--queries", str(path),
+                         "--slice", "all", "--methods", "bm25", "--out", str(tmp_path / "r")]) == 0
+        finally:
+            srv.stop(0).wait(5)
+    client_side = [r for r in caplog.records if r.name == "tracer.cli.cmd_eval"]
+    _check_eval_output(capsys.readouterr().out, client_side, path)

@@ -150,10 +150,23 @@ def evaluate(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
 def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
                    on_progress: Callable[[int, int, str], None] | None = None,
                    deadline: float | None = None) -> EvalResult:
-    """Like :func:`evaluate`, also returning the ranked runs and qrels (for TREC files)."""
+    """Like :func:`evaluate`, also returning the ranked runs and qrels (for TREC files).
+
+    Queries without proponents are left out of the metrics and proponent ids the index lacks
+    count as misses; each is logged once as a warning with its count, and the counts go into
+    ``settings`` (``n_queries_without_proponents``, ``n_unknown_proponents``).
+    """
+    n_given = len(queries)
     queries = [q for q in queries if q.proponents]
     if not queries:
         raise InvalidRequestError("no query has ground-truth proponents; nothing to evaluate")
+    n_dropped = n_given - len(queries)
+    if n_dropped:
+        log.warning("%d of %d queries have no proponents; they are left out of the metrics", n_dropped, n_given)
+    n_unknown = len({p for q in queries for p in q.proponents if p not in retriever.store.row_of})
+    if n_unknown:
+        log.warning("%d proponent ids in the queries are not in index %s; they count as misses",
+                    n_unknown, retriever.store.name)
     for m in cfg.methods:
         retriever.method(m)  # fail fast on unknown / unavailable methods
     if cfg.policy == "candidates":
@@ -170,7 +183,8 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
         _add_tail_patch(retriever, queries, runs, cfg, methods, on_progress)
     store = retriever.store
     settings = {**asdict(cfg), "index": store.name, "index_fingerprint": store.fingerprint,
-                "n_queries": len(queries), "n_documents": store.n_documents,
+                "n_queries": len(queries), "n_queries_without_proponents": n_dropped,
+                "n_unknown_proponents": n_unknown, "n_documents": store.n_documents,
                 "seconds": round(time.perf_counter() - t0, 1)}
     report = {"title": f"tracer benchmark on {store.name}", "settings": settings, "methods": methods}
     return EvalResult(report, runs, qrels)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from tracer.cli.options import add_model_overrides, model_overrides
 from tracer.errors import DataError
 
 DEFAULT_METHODS = "bm25,embedding,tracin,tracin_cos,influence,trak,random"
+DEFAULT_SEED = 0  # seed of the --max-queries sample
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slice", default="learned", help="learned (FTRACE) | all")
     p.add_argument("--train-report", help="train_report.json defining the learned slice "
                                           "(default: next to the index's checkpoints)")
-    p.add_argument("--max-queries", type=int, help="evaluate at most N queries")
+    p.add_argument("--max-queries", type=int, help="evaluate a seeded sample of N queries, stratified by relation")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of the --max-queries sample (default {DEFAULT_SEED})")
     p.add_argument("--tail-patch", action="store_true", help="run the tail-patch causal check")
     p.add_argument("--tail-patch-queries", type=int, default=200)
     p.add_argument("--out", required=True, help="report directory")
@@ -37,8 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def select_queries(queries: list[Any], slice_: str, report_path: Path | None, max_queries: int | None) -> list[Any]:
-    """The FTRACE learned slice (or all queries), optionally truncated."""
+def select_queries(queries: list[Any], slice_: str, report_path: Path | None, max_queries: int | None,
+                   seed: int = DEFAULT_SEED) -> list[Any]:
+    """The FTRACE learned slice (or all queries), optionally sampled down to ``max_queries``."""
+    if max_queries is not None and max_queries < 1:
+        raise DataError(f"--max-queries must be >= 1, got {max_queries}")
     if slice_ not in ("learned", "all"):
         raise DataError(f"--slice must be learned or all, got {slice_!r}")
     if slice_ == "learned":
@@ -56,7 +65,62 @@ def select_queries(queries: list[Any], slice_: str, report_path: Path | None, ma
         if not queries:
             raise DataError(f"the learned slice of {report_path} is empty (no query is right at the last "
                             "checkpoint and wrong at the first); use --slice all")
-    return queries[:max_queries] if max_queries else queries
+    return stratified_sample(queries, max_queries, seed) if max_queries else queries
+
+
+def stratified_sample(queries: Sequence[Any], n: int, seed: int) -> list[Any]:
+    """``n`` queries drawn without replacement, each relation keeping its share; file order kept.
+
+    Shares are ``n * size / total`` rounded by largest remainder (ties by relation name), so the
+    per-relation tables of a sample look like those of the whole set. Same queries, ``n`` and
+    ``seed`` give the same sample.
+
+    Args:
+        queries: Queries with an optional ``relation`` (``None`` forms its own group).
+        n: Sample size; ``n >= len(queries)`` returns every query.
+        seed: Seed of the draw.
+
+    Returns:
+        The sampled queries, in their original order.
+    """
+    import numpy as np
+
+    if n >= len(queries):
+        return list(queries)
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault(q.relation or "", []).append(i)
+    names = sorted(groups)
+    exact = [n * len(groups[g]) / len(queries) for g in names]
+    quota = [int(x) for x in exact]
+    by_remainder = sorted(range(len(names)), key=lambda j: (quota[j] - exact[j], names[j]))
+    for j in by_remainder[: n - sum(quota)]:
+        quota[j] += 1
+    rng = np.random.default_rng(seed)
+    picked = [int(i) for g, k in zip(names, quota) for i in rng.choice(groups[g], size=k, replace=False)]
+    return [queries[i] for i in sorted(picked)]
+
+
+class StageBars:
+    """The eval progress callback: one bar per stage, made on the stage's first report and then updated."""
+
+    def __init__(self, make_bar: Callable[..., Any] | None = None) -> None:
+        if make_bar is None:
+            from tqdm.auto import tqdm
+
+            make_bar = tqdm
+        self._make_bar = make_bar
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = self._make_bar(total=total, desc=f"eval {stage}", unit="query")
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def default_train_report(index_dir: str) -> Path | None:
@@ -70,35 +134,33 @@ def default_train_report(index_dir: str) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from tracer.corpus import load_queries
     from tracer.metrics.report import markdown_table, write_report
 
     report_path = Path(args.train_report) if args.train_report else (
         None if args.server else default_train_report(args.index))
-    queries = select_queries(load_queries(args.queries), args.slice, report_path, args.max_queries)
+    queries = select_queries(load_queries(args.queries), args.slice, report_path, args.max_queries, args.seed)
     methods = [m for m in args.methods.split(",") if m]
-    bars: dict[str, Any] = {}
-
-    def progress(done: int, total: int, stage: str) -> None:
-        bar = bars.setdefault(stage, tqdm(total=total, desc=f"eval {stage}", unit="query"))
-        bar.update(done - bar.n)
-
+    progress = StageBars()
     kw = dict(methods=methods, candidates=args.candidates, num_candidates=args.num_candidates, policy=args.policy,
               tail_patch=args.tail_patch, tail_patch_max_queries=args.tail_patch_queries)
     out = Path(args.out)
-    if args.server:
-        if args.fuse:
-            raise DataError("--fuse is computed in-process; run without --server")
-        report = _remote(args, queries, kw, progress)
-    else:
-        report = _local(args, queries, kw, progress, out)
-    for bar in bars.values():
-        bar.close()
+    try:
+        if args.server:
+            if args.fuse:
+                raise DataError("--fuse is computed in-process; run without --server")
+            report = _remote(args, queries, kw, progress)
+        else:
+            report = _local(args, queries, kw, progress, out)
+    finally:
+        progress.close()
     write_report(out, report)
     print(markdown_table(report))
-    print(f"eval: {len(queries)} queries ({args.slice} slice) -> {out}/report.html")
+    settings = report["settings"]
+    dropped = settings.get("n_queries_without_proponents", 0)
+    left_out = f", {dropped} without proponents left out" if dropped else ""
+    print(f"eval: {settings.get('n_queries', len(queries))} queries ({args.slice} slice{left_out}) "
+          f"-> {out}/report.html")
     return 0
 
 
@@ -124,4 +186,14 @@ def _remote(args: argparse.Namespace, queries: list[Any], kw: dict[str, Any], pr
     with TracerClient(args.server, token=token, timeout=args.timeout) as client:
         report = client.evaluate(queries, index=args.index, on_progress=progress, **kw)
     report["settings"]["slice"] = args.slice
+    _warn_counts(report["settings"], args.queries, args.index)  # the server logged them on its side only
     return report
+
+
+def _warn_counts(settings: dict[str, Any], queries_path: str, index: str) -> None:
+    """The warnings an in-process evaluation logs, from the counts in a remote report's settings."""
+    dropped, unknown = settings.get("n_queries_without_proponents", 0), settings.get("n_unknown_proponents", 0)
+    if dropped:
+        log.warning("%d queries in %s have no proponents; they are left out of the metrics", dropped, queries_path)
+    if unknown:
+        log.warning("%d proponent ids in %s are not in index %s; they count as misses", unknown, queries_path, index)
