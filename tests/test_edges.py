@@ -186,3 +186,44 @@ def test_eval_over_grpc_warns_the_same(tmp_path, capsys, caplog, tiny_index, tin
             srv.stop(0).wait(5)
     client_side = [r for r in caplog.records if r.name == "tracer.cli.cmd_eval"]
     _check_eval_output(capsys.readouterr().out, client_side, path)
+
+
+# ----------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_report_and_run_files_get_the_mode_of_ordinary_files(tmp_path, umask, mode):
+    import os
+    import stat
+
+    from tracer.corpus import write_jsonl
+    from tracer.metrics.report import write_report
+    from tracer.metrics.trec import write_qrels, write_run
+
+    report = {"title": "t", "settings": {}, "methods": {"bm25": {"candidates": "bm25", "all": {
+        "n": 1, "mrr": {"mean": 1.0, "lo": 1.0, "hi": 1.0}}}}}
+    old = os.umask(umask)
+    try:
+        paths = list(write_report(tmp_path / "r", report).values())
+        paths.append(write_run(tmp_path / "r" / "runs" / "bm25.trec", {"q1": [("d1", 1.0)]}, tag="t"))
+        paths.append(write_qrels(tmp_path / "r" / "qrels.txt", {"q1": {"d1"}}))
+        write_jsonl(tmp_path / "c.jsonl.gz", [{"id": "a", "text": "x"}])
+        paths.append(tmp_path / "c.jsonl.gz")
+    finally:
+        os.umask(old)
+    assert {Path(p).name: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in paths} == {
+        Path(p).name: oct(mode) for p in paths}
+    assert len(paths) == 7
+
+
+def test_default_file_mode_without_proc(monkeypatch, tmp_path):
+    import os
+
+    from tracer import _filemode
+
+    old = os.umask(0o077)
+    try:
+        assert _filemode.default_file_mode() == 0o600
+        monkeypatch.setattr(_filemode, "PROC_STATUS", str(tmp_path / "missing"))
+        assert _filemode.default_file_mode() == 0o600
+        assert os.umask(0o077) == 0o077  # the fallback put the umask back
+    finally:
+        os.umask(old)

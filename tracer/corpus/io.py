@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from tracer._filemode import make_public
 from tracer.errors import DataError
 from tracer.types import Document, Query
 
@@ -378,6 +379,7 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     n_rows = 0
     try:
+        make_public(fd)  # mkstemp's 0600 would hide the file from everyone else
         with os.fdopen(fd, "wb") as raw:
             out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
             for row in rows:

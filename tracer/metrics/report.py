@@ -33,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tracer._filemode import make_public
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["COLUMNS", "format_ci", "markdown_table", "write_report"]
@@ -186,6 +188,7 @@ def _html_page(report: Mapping[str, Any], png: bytes) -> str:
 def _atomic_write(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        make_public(fd)  # mkstemp's 0600 would hide the report from everyone else
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

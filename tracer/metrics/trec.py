@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from tracer._filemode import make_public
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_qrels", "read_run", "run_doc_ids", "write_qrels", "write_run"]
@@ -43,6 +45,7 @@ def _atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        make_public(fd)  # mkstemp's 0600 would hide the run from everyone else
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for line in lines:
                 f.write(line + "\n")
