@@ -82,3 +82,24 @@ def test_readme_python_api_runs(tiny_index, tiny_bench, tmp_path):
     scope: dict = {}
     exec(compile(code, "README.md#python-api", "exec"), scope)  # noqa: S102 - our own README
     assert len(scope["res"].hits) == 5 and "tracin_cos" in scope["report"]["methods"]
+
+
+def test_readme_build_from_python_runs(tiny_run, tiny_bench, tmp_path, monkeypatch):
+    """The Python API section's second block (build_index from a Dataset, trace a Query, pandas), verbatim
+    but for the paths: the tiny benchmark and run stand in for the demo's."""
+    from tracer.corpus import documents_to_rows, write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    bench = tmp_path / "runs/demo/bench"
+    bench.mkdir(parents=True)
+    write_jsonl(bench / "corpus.jsonl", documents_to_rows(tiny_bench.documents[:60]))
+    write_jsonl(bench / "queries.jsonl", [q.to_dict() for q in tiny_bench.queries])
+    (tmp_path / "runs/demo/run").symlink_to(tiny_run)
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python")[2].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md#python-api-build", "exec"), scope)  # noqa: S102 - our own README
+    res, q = scope["res"], scope["q"]
+    assert len(res.hits) == 5 and len(res.opponents) == 3 and res.query == q
+    assert [h.proponent for h in res.hits] == [h.doc_id in q.proponents for h in res.hits]
+    assert len(res.to_pandas()) == 8 and (tmp_path / "indexes/from-python/manifest.json").is_file()
