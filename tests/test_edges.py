@@ -227,3 +227,61 @@ def test_default_file_mode_without_proc(monkeypatch, tmp_path):
         assert os.umask(0o077) == 0o077  # the fallback put the umask back
     finally:
         os.umask(old)
+
+
+# ----------------------------------------------------------------------------- build progress
+class _StageBar:
+    made: list[_StageBar] = []
+
+    def __init__(self, iterable: object = None, total: int | None = None, desc: str = "", disable: bool = False,
+                 **_: object) -> None:
+        self.iterable, self.total, self.desc, self.n, self.closed = iterable, total, desc, 0, False
+        if not disable:  # libraries' own bars (bm25s) are created disabled
+            _StageBar.made.append(self)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield from self.iterable  # type: ignore[misc]
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, *a: object, **kw: object) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> _StageBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def test_every_build_stage_shows_progress(tmp_path, monkeypatch, caplog, tiny_bench, tiny_run):
+    import logging
+
+    import tqdm.auto
+
+    from tracer.featurize.config import FeaturizeConfig
+    from tracer.index.build import IndexConfig, build_index
+    from tracer.model.loading import load_checkpoints
+
+    _StageBar.made = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", _StageBar)
+    cfg = IndexConfig(featurize=FeaturizeConfig(k_in=8, k_out=8, batch_size=16), trak_dim=64)
+    with caplog.at_level(logging.INFO, logger="tracer.index"):
+        build_index(tiny_bench.documents, load_checkpoints(tiny_run), tmp_path / "idx", cfg, progress=True)
+    n_docs, n_ck = len(tiny_bench.documents), len(load_checkpoints(tiny_run))
+    bars = {b.desc: b for b in _StageBar.made}
+    assert len(bars) == len(_StageBar.made)  # one bar per stage (and per checkpoint where a stage loops)
+    assert {"moments", "gradient FAISS", "TRAK", "embeddings"} <= set(bars)
+    assert any(d.startswith("gradients ckpt") for d in bars)
+    assert (bars["gradient FAISS"].total, bars["TRAK"].total, bars["embeddings"].total) == (
+        n_docs, n_docs * n_ck, n_docs)
+    assert all(b.n == b.total and b.closed for b in _StageBar.made), [
+        (b.desc, b.n, b.total, b.closed) for b in _StageBar.made]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"training FAISS {cfg.faiss_factory} on ") for m in messages)
+    assert any(m.startswith(f"trained FAISS {cfg.faiss_factory} in ") for m in messages)
+    assert "stage bm25 started" in messages and any(m.startswith("stage bm25 done in ") for m in messages)

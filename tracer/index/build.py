@@ -280,6 +280,7 @@ def _run_stage(ctx: _BuildContext, name: str, fn: Callable[[_BuildContext], dict
     if marker.is_file():
         saved = json.loads(marker.read_text())
         return saved["info"], saved["seconds"]
+    log.info("stage %s started", name)  # bm25 and FAISS training have no bar: say they are running
     t0 = time.perf_counter()
     info = fn(ctx)
     dt = round(time.perf_counter() - t0, 2)

@@ -5,10 +5,14 @@ The only module that imports ``faiss``. FAISS's ``D, I`` become ``scores, rows``
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _faiss():  # type: ignore[no-untyped-def]
@@ -28,7 +32,8 @@ def check_factory(factory: str) -> None:
 
 
 def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "Flat",
-                train_sample: Callable[[], np.ndarray] | None = None) -> object:
+                train_sample: Callable[[], np.ndarray] | None = None,
+                on_rows: Callable[[int], object] | None = None) -> object:
     """An inner-product FAISS index filled from ``chunks()`` (an iterable of float32 row blocks).
 
     Args:
@@ -37,6 +42,8 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
         chunks: Callable returning an iterator of ``(m, dim)`` float32 arrays, in row order.
         factory: FAISS factory string (``Flat``, ``IVF1024,PQ64``, ``HNSW32``...).
         train_sample: Returns vectors to train an index on; called only if the index needs training.
+            Training is one FAISS call, so it is logged (start, then seconds taken) instead of a bar.
+        on_rows: Called with the row count of each block once it is added (drives a progress bar).
 
     Raises:
         ValueError: For a bad factory string or a missing training sample.
@@ -49,12 +56,18 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
     if not index.is_trained:
         if train_sample is None:
             raise ValueError(f"FAISS index {factory!r} needs training vectors")
+        sample = np.ascontiguousarray(train_sample(), dtype=np.float32)
+        log.info("training FAISS %s on %d x %d vectors", factory, *sample.shape)
+        t0 = time.perf_counter()
         try:
-            index.train(np.ascontiguousarray(train_sample(), dtype=np.float32))
+            index.train(sample)
         except RuntimeError as exc:
             raise ValueError(f"training FAISS index {factory!r} failed (too few vectors?): {exc}") from exc
+        log.info("trained FAISS %s in %.1fs", factory, time.perf_counter() - t0)
     for block in chunks():  # type: ignore[attr-defined]
         index.add(np.ascontiguousarray(block, dtype=np.float32))
+        if on_rows is not None:
+            on_rows(len(block))  # type: ignore[arg-type]
     if index.ntotal != n:
         raise ValueError(f"FAISS index holds {index.ntotal} vectors, expected {n}")
     return index

@@ -15,6 +15,9 @@
 * TRAK (Park et al. 2023): a seeded dense JL sketch ``Phi_c = G_c S`` per checkpoint and
   its Gram ``Phi_c^T Phi_c``;
 * embeddings: mean-pooled final hidden states of the final checkpoint.
+
+Each stage shows one progress bar over the rows it streams (hidden when the build runs with
+``progress=False``); a FAISS training call, which cannot report progress, is logged instead.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ from tracer.index.dense import build_faiss, write_faiss
 from tracer.index.quant import release_pages
 
 CHUNK = 2048  # rows per streamed block
+EMBED_BATCH = 256  # texts embedded per forward pass
+
+
+def _bar(ctx: Any, total: int, desc: str) -> Any:
+    """The stage's progress bar over ``total`` rows (disabled when the build runs without progress)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", disable=not ctx.progress)
 
 
 def _features(ctx: Any, view: str, ci: int) -> Any:
@@ -46,7 +57,7 @@ def stage_info(ctx: Any, name: str) -> dict[str, Any]:
     return json.loads((ctx.root / F.BUILD_STATE / f"stage-{name}.json").read_text())["info"]
 
 
-def column_moments(mat: Any) -> np.ndarray:
+def column_moments(mat: Any, bar: Any = None) -> np.ndarray:
     """``(dim,)`` float64 mean of squares of every column, streamed in blocks of ``CHUNK`` rows."""
     n = mat.shape[0]
     acc = np.zeros(mat.shape[1])
@@ -54,15 +65,18 @@ def column_moments(mat: Any) -> np.ndarray:
         x = np.asarray(mat[lo:lo + CHUNK], dtype=np.float64)
         acc += np.einsum("ij,ij->j", x, x)
         release_pages(mat)
+        if bar is not None:
+            bar.update(len(x))
     return acc / max(n, 1)
 
 
 def moments_stage(ctx: Any) -> dict[str, Any]:
     views = stage_info(ctx, "gradients")["views"]
     (ctx.root / F.MOMENTS_DIR).mkdir(exist_ok=True)
-    for v in views:
-        for ci in range(len(ctx.checkpoints)):
-            np.save(ctx.root / F.moment_file(v, ci), column_moments(_features(ctx, v, ci)))
+    with _bar(ctx, len(ctx.docs) * len(views) * len(ctx.checkpoints), "moments") as bar:
+        for v in views:
+            for ci in range(len(ctx.checkpoints)):
+                np.save(ctx.root / F.moment_file(v, ci), column_moments(_features(ctx, v, ci), bar))
     return {"views": views, "checkpoints": len(ctx.checkpoints), "statistic": "E_z[g_i(z)^2] over the corpus"}
 
 
@@ -104,13 +118,15 @@ def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
         return np.concatenate([np.sqrt(lr) * np.asarray(m[rows], dtype=np.float32)[:, coords[c]]
                                for c, (m, lr) in enumerate(zip(mats, lrs))], 1)
 
-    index = build_faiss(dim, n, chunks, ctx.cfg.faiss_factory, sample)
+    with _bar(ctx, n, "gradient FAISS") as bar:
+        index = build_faiss(dim, n, chunks, ctx.cfg.faiss_factory, sample, on_rows=bar.update)
     write_faiss(index, ctx.root / F.GRADIENT_FAISS)
     return {"dim": dim, "factory": ctx.cfg.faiss_factory, "coords_per_checkpoint": int(coords.shape[1]),
             "space": "tracin: [sqrt(lr_c) * raw_c[coords_c]], coords = top lr * E[g^2] per checkpoint"}
 
 
-def block_fisher(mat: Any, layout: list[dict[str, Any]], sketches: list[np.ndarray | None]) -> list[np.ndarray]:
+def block_fisher(mat: Any, layout: list[dict[str, Any]], sketches: list[np.ndarray | None],
+                 bar: Any = None) -> list[np.ndarray]:
     """Per-block ``1/N sum_z s_b s_b^T`` with ``s_b = g_b S_b`` (or ``g_b``), float64, streamed."""
     n = mat.shape[0]
     acc = [np.zeros((b["size"], b["size"]) if s is None else (s.shape[1], s.shape[1]))
@@ -123,6 +139,8 @@ def block_fisher(mat: Any, layout: list[dict[str, Any]], sketches: list[np.ndarr
                 xb = xb @ torch.from_numpy(sk)
             acc[j] += (xb.T @ xb).numpy()
         release_pages(mat)
+        if bar is not None:
+            bar.update(len(x))
     return [a / n for a in acc]
 
 
@@ -134,7 +152,8 @@ def build_influence_stage(ctx: Any) -> dict[str, Any]:
                 "curvature": "EK-FAC: diagonal E[g_i^2] in the K-FAC eigenbasis (moments stage)"}
     dim = ctx.cfg.influence_block_dim
     sketches = [influence_sketch(b["size"], dim, j, ctx.cfg.seed) for j, b in enumerate(layout)]
-    fishers = block_fisher(_features(ctx, RAW, last), layout, sketches)
+    with _bar(ctx, len(ctx.docs), "influence Fisher") as bar:
+        fishers = block_fisher(_features(ctx, RAW, last), layout, sketches, bar)
     (ctx.root / F.INFLUENCE_DIR).mkdir(exist_ok=True)
     for j, fb in enumerate(fishers):
         np.save(ctx.root / F.fisher_file(j), fb.astype(np.float32))
@@ -145,24 +164,32 @@ def build_influence_stage(ctx: Any) -> dict[str, Any]:
 def build_trak_stage(ctx: Any) -> dict[str, Any]:
     (ctx.root / F.TRAK_DIR).mkdir(exist_ok=True)
     n = len(ctx.docs)
-    for ci in range(len(ctx.checkpoints)):
-        mat = _features(ctx, RAW, ci)
-        k = min(ctx.cfg.trak_dim, mat.shape[1])
-        sketch = torch.from_numpy(trak_sketch(mat.shape[1], k, ctx.cfg.seed))
-        # rows stored as float16 (half the bytes; the Gram is accumulated from the float32 rows)
-        out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float16, shape=(n, k))
-        xtx = np.zeros((k, k))
-        for lo in range(0, n, CHUNK):
-            phi = torch.from_numpy(np.array(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
-            out[lo:lo + len(phi)] = phi.numpy().astype(np.float16)
-            out.flush()
-            release_pages(mat, out)
-            xtx += (phi.double().T @ phi.double()).numpy()
-        out.flush()
-        del out
-        np.save(ctx.root / F.trak_xtx_file(ci), xtx)
+    with _bar(ctx, n * len(ctx.checkpoints), "TRAK") as bar:
+        for ci in range(len(ctx.checkpoints)):
+            _trak_checkpoint(ctx, ci, bar)
     return {"trak_dim": min(ctx.cfg.trak_dim, _layout_dim(ctx)), "seed": ctx.cfg.seed,
             "checkpoints": len(ctx.checkpoints)}
+
+
+def _trak_checkpoint(ctx: Any, ci: int, bar: Any) -> None:
+    """Sketch checkpoint ``ci``'s features to ``trak/ckpt<ci>.npy`` and save their Gram."""
+    n = len(ctx.docs)
+    mat = _features(ctx, RAW, ci)
+    k = min(ctx.cfg.trak_dim, mat.shape[1])
+    sketch = torch.from_numpy(trak_sketch(mat.shape[1], k, ctx.cfg.seed))
+    # rows stored as float16 (half the bytes; the Gram is accumulated from the float32 rows)
+    out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float16, shape=(n, k))
+    xtx = np.zeros((k, k))
+    for lo in range(0, n, CHUNK):
+        phi = torch.from_numpy(np.array(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
+        out[lo:lo + len(phi)] = phi.numpy().astype(np.float16)
+        out.flush()
+        release_pages(mat, out)
+        xtx += (phi.double().T @ phi.double()).numpy()
+        bar.update(len(phi))
+    out.flush()
+    del out
+    np.save(ctx.root / F.trak_xtx_file(ci), xtx)
 
 
 def build_embedding_stage(ctx: Any) -> dict[str, Any]:
@@ -171,9 +198,13 @@ def build_embedding_stage(ctx: Any) -> dict[str, Any]:
 
     model = load_model(ctx.checkpoints[-1].path)
     texts = [d.text for d in ctx.docs]
-    emb = np.concatenate([embed_texts(model, ctx.tokenizer, texts[lo:lo + 256],
-                                      max_length=ctx.cfg.featurize.max_length)
-                          for lo in range(0, len(texts), 256)])
+    parts = []
+    with _bar(ctx, len(texts), "embeddings") as bar:
+        for lo in range(0, len(texts), EMBED_BATCH):
+            parts.append(embed_texts(model, ctx.tokenizer, texts[lo:lo + EMBED_BATCH],
+                                     max_length=ctx.cfg.featurize.max_length))
+            bar.update(len(parts[-1]))
+    emb = np.concatenate(parts)
     np.save(ctx.root / F.EMBEDDINGS, emb.astype(np.float16))
     index = build_faiss(emb.shape[1], len(emb), lambda: iter([emb]), "Flat")
     write_faiss(index, ctx.root / F.EMBEDDING_FAISS)
