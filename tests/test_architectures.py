@@ -18,23 +18,24 @@ from tracer.featurize.views import raw_view
 VOCAB = 64
 
 
-def _tiny(model_type: str):  # type: ignore[no-untyped-def]
+def _tiny(model_type: str, vocab: int = VOCAB):  # type: ignore[no-untyped-def]
     import transformers as T
 
+    VOCAB = vocab  # noqa: N806 - the configs below read it
     common = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, num_hidden_layers=2)
     cfgs = {
-        "gpt2": lambda: T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_head=2, n_layer=2, n_positions=64),
-        "gpt_neox": lambda: T.GPTNeoXConfig(**common, intermediate_size=64, max_position_embeddings=64),
+        "gpt2": lambda: T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_head=2, n_layer=2, n_positions=128),
+        "gpt_neox": lambda: T.GPTNeoXConfig(**common, intermediate_size=64, max_position_embeddings=128),
         "llama": lambda: T.LlamaConfig(**common, intermediate_size=64, num_key_value_heads=2),
         "mistral": lambda: T.MistralConfig(**common, intermediate_size=64, num_key_value_heads=1),
         "qwen2": lambda: T.Qwen2Config(**common, intermediate_size=64, num_key_value_heads=2),
         "gemma": lambda: T.GemmaConfig(**common, intermediate_size=64, num_key_value_heads=1, head_dim=16),
         "olmo": lambda: T.OlmoConfig(**common, intermediate_size=64, num_key_value_heads=2),
         "opt": lambda: T.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
-                                   ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64),
+                                   ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=128),
         "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_head=2, n_layer=2),
         "falcon": lambda: T.FalconConfig(**common, new_decoder_architecture=False, multi_query=True),
-        "phi": lambda: T.PhiConfig(**common, intermediate_size=64, max_position_embeddings=64),
+        "phi": lambda: T.PhiConfig(**common, intermediate_size=64, max_position_embeddings=128),
         "phi3": lambda: T.Phi3Config(**common, intermediate_size=64, num_key_value_heads=2, pad_token_id=0),
     }
     torch.manual_seed(0)
@@ -68,7 +69,10 @@ def test_every_block_tracks_attention_and_mlp(model_type):
     assert len(linears) == sum(len(pats) for pats in (fam.attention, fam.mlp)) * 2, linears
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "llama", "opt", "bloom", "falcon", "phi"])
+ALL_TINY = ["bloom", "falcon", "gemma", "gpt2", "gpt_neox", "llama", "mistral", "olmo", "opt", "phi", "phi3", "qwen2"]
+
+
+@pytest.mark.parametrize("model_type", ALL_TINY)
 def test_identity_features_equal_exact_gradients_per_family(model_type):
     """TracIn's features with an identity projection are the exact per-example gradients (torch.func)."""
     model = _tiny(model_type)
@@ -91,3 +95,33 @@ def test_unknown_architecture_tracks_block_linears_and_warns(caplog):
     assert "model.layers.0.self_attn.q_proj" in pats and "lm_head" not in pats
     assert any("not in tracer's table" in r.getMessage() for r in caplog.records)
     assert resolve_patterns(model, ("*q_proj",)) == ("*q_proj",)  # explicit patterns win
+
+
+@pytest.mark.parametrize("model_type", ALL_TINY)
+def test_every_family_builds_an_index_whose_tracin_is_exact(model_type, tmp_path, tiny_tokenizer, tiny_bench):
+    """A tiny random model of each family, passed as an object to ``tracer.build_index``: the index's
+    TracIn scores (identity projection, float32) equal brute-force inner products of exact
+    per-example gradients (``torch.func``) over the same tracked parameters."""
+    import tracer
+    from tracer.featurize.exact import per_example_grads
+    from tracer.featurize.layout import param_name
+    from tracer.index.build import IndexConfig
+    from tracer.model.tokenization import encode_example, pad_batch
+
+    model = _tiny(model_type, vocab=len(tiny_tokenizer))
+    docs, q = tiny_bench.documents[:10], tiny_bench.queries[0]
+    cfg = IndexConfig(featurize=FeaturizeConfig.exact(batch_size=8), influence=False, trak=False, embeddings=False)
+    idx = tracer.build_index(docs, model, tokenizer=tiny_tokenizer, out=tmp_path / "idx", config=cfg,
+                             progress=False)
+    with tracer.Tracer.open(idx) as t:
+        got = {h.doc_id: h.score for h in t.trace(q.prompt, q.target, method="tracin", candidates="full",
+                                                    k=len(docs)).hits}
+        assert t.info()["tracked"]  # the family's modules are listed
+    names = sorted({param_name(b) for b in build_layout(model, ("auto",), 0, 0)})
+    encs = [encode_example(tiny_tokenizer, q.prompt, q.target)] + [encode_example(tiny_tokenizer, "", d.text)
+                                                                   for d in docs]
+    g = per_example_grads(model, pad_batch(encs, tiny_tokenizer.pad_token_id), names)
+    flat = torch.cat([g[n].flatten(1) for n in names], dim=1).double()
+    exact = (flat[1:] @ flat[0]).numpy()
+    torch.testing.assert_close(torch.tensor([got[d.doc_id] for d in docs], dtype=torch.float64),
+                               torch.tensor(exact), rtol=2e-3, atol=1e-3 * float(abs(exact).max()))
