@@ -285,3 +285,31 @@ def test_every_build_stage_shows_progress(tmp_path, monkeypatch, caplog, tiny_be
     assert any(m.startswith(f"training FAISS {cfg.faiss_factory} on ") for m in messages)
     assert any(m.startswith(f"trained FAISS {cfg.faiss_factory} in ") for m in messages)
     assert "stage bm25 started" in messages and any(m.startswith("stage bm25 done in ") for m in messages)
+
+
+# ----------------------------------------------------------------------------- -k beyond the candidates
+def test_k_beyond_the_candidates_gives_fewer_hits_and_says_so_locally_and_over_grpc(tiny_index, tiny_bench,
+                                                                                   capsys):
+    from tracer.service.server import ServiceConfig, create_server
+    from tracer.tracer import Tracer
+
+    q = tiny_bench.queries[0]
+    args = ["--prompt", q.prompt, "--target", q.target, "--method", "tracin", "-k", "50",
+            "--num-candidates", "6", "--json"]
+    note = ("tracer query: note: 6 hits, fewer than -k 50: only 6 bm25 candidates were reranked "
+            "(raise --num-candidates or use --candidates full)\n")
+    assert main(["query", "--index-dir", str(tiny_index), *args]) == 0
+    local = capsys.readouterr()
+    assert len(json.loads(local.out)["hits"]) == 6 and local.err.endswith(note)
+    with Tracer.open(tiny_index) as tracer:
+        srv, port = create_server(ServiceConfig(port=0), {"tiny": tracer})
+        srv.start()
+        try:
+            assert main(["query", "--server", f"127.0.0.1:{port}", *args]) == 0
+        finally:
+            srv.stop(0).wait(5)
+    remote = capsys.readouterr()
+    assert [h["doc_id"] for h in json.loads(remote.out)["hits"]] == [h["doc_id"] for h in json.loads(local.out)["hits"]]
+    assert remote.err.endswith(note)
+    assert main(["query", "--index-dir", str(tiny_index), *args[:6], "-k", "3", "--json"]) == 0
+    assert "note:" not in capsys.readouterr().err  # enough candidates: no note

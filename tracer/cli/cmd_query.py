@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,4 +114,14 @@ def run(args: argparse.Namespace) -> int:
                         "verifies with `tracer serve --verify`)")
     result = _local(args) if args.index_dir else _remote(args)
     print(result.to_json() if args.json else format_table(result))
+    if len(result.hits) < args.k:  # same in-process and over gRPC: fewer hits, said on stderr
+        print(f"tracer query: note: {short_hits_note(result, args.k)}", file=sys.stderr)
     return 0
+
+
+def short_hits_note(result: TraceResult, k: int) -> str:
+    """Why ``result`` holds fewer than ``k`` hits: only that many candidates were reranked."""
+    hint = ("the index holds no more documents" if result.candidates == "full"
+            else "raise --num-candidates or use --candidates full")
+    return (f"{len(result.hits)} hits, fewer than -k {k}: only {result.n_candidates} {result.candidates} "
+            f"candidates were reranked ({hint})")
