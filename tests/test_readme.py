@@ -27,9 +27,18 @@ def _commands() -> list[str]:
     return [line[2:].strip() for line in block.splitlines() if line.startswith("$ tracer ")]
 
 
+def _eval_extras() -> list[str]:
+    """The flags the README says this test adds to ``eval``: README and test cannot disagree."""
+    section = README.read_text().split("## Command line", 1)[1].split("```console", 1)[0]
+    found = re.search(r"adds `([^`]+)` to `eval`", " ".join(section.split()))
+    assert found, "README's Command line section must say which flags tests/test_readme.py adds to eval"
+    return shlex.split(found.group(1))
+
+
 def test_readme_commands_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cmds = _commands()
+    eval_extras = _eval_extras()
     assert len(cmds) >= 8
     server = None
     address = None
@@ -46,7 +55,7 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
                 cmd = cmd.replace("127.0.0.1:50051", address)
             argv = shlex.split(cmd.rstrip("&").strip())[1:]
             if argv[0] == "eval":
-                argv += ["--slice", "all", "--max-queries", "5", "--tail-patch-queries", "2"]
+                argv += eval_extras
             if argv[0] == "serve":
                 argv = [a if a != "50051" else "0" for a in argv]
                 server = subprocess.Popen([sys.executable, "-m", "tracer", *argv], stdout=subprocess.PIPE,
@@ -77,7 +86,7 @@ def test_readme_python_api_runs(tiny_index, tiny_bench, tmp_path):
     queries = tmp_path / "queries.jsonl"
     write_jsonl(queries, [q.to_dict() for q in tiny_bench.queries])
     code = _python_block("## Python API")
-    code = code.replace("runs/demo/index", str(tiny_index)).replace("runs/demo/bench/queries.jsonl", str(queries))
+    code = code.replace("indexes/demo", str(tiny_index)).replace("runs/demo/bench/queries.jsonl", str(queries))
     code = code.replace('"D000001"', f'"{tiny_bench.documents[1].doc_id}"')
     scope: dict = {}
     exec(compile(code, "README.md#python-api", "exec"), scope)  # noqa: S102 - our own README
