@@ -313,3 +313,18 @@ def test_k_beyond_the_candidates_gives_fewer_hits_and_says_so_locally_and_over_g
     assert remote.err.endswith(note)
     assert main(["query", "--index-dir", str(tiny_index), *args[:6], "-k", "3", "--json"]) == 0
     assert "note:" not in capsys.readouterr().err  # enough candidates: no note
+
+
+# ----------------------------------------------------------------------------- third-party noise (already quiet)
+def test_transformers_loading_bars_are_off_in_every_command(tiny_index, tiny_bench, capsys):
+    from transformers.utils import logging as hf_logging
+
+    q = tiny_bench.queries[0]
+    hf_logging.enable_progress_bar()
+    try:
+        assert main(["query", "--index-dir", str(tiny_index), "--prompt", q.prompt, "--target", q.target,
+                     "--method", "tracin", "-k", "2"]) == 0
+        assert not hf_logging.is_progress_bar_enabled()
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        hf_logging.disable_progress_bar()
