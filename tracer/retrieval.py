@@ -154,6 +154,29 @@ class Retrieval:
     timings_ms: dict[str, float]
     opponent_scores: np.ndarray = field(default_factory=lambda: np.empty(0))  # most negative first
     opponent_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    candidate_rows: np.ndarray | None = None  # the rows that were ranked (None: the whole corpus)
+
+
+@dataclass(frozen=True)
+class Stability:
+    """How a query's top-``k`` hits hold up across checkpoints (arrays aligned with the hits).
+
+    Attributes:
+        checkpoint_scores: ``(k, C)`` each hit's score under each checkpoint alone, on the score's
+            scale (the score is their mean; see :func:`tracer.methods.kernel.checkpoint_scores`).
+        topk_fraction: ``(k,)`` fraction of checkpoints whose own top-``k`` (over the same rows) holds the hit.
+        low, high: ``(k,)`` 95% t-interval of the mean over checkpoints (``C - 1`` degrees of freedom).
+    """
+
+    checkpoint_scores: np.ndarray
+    topk_fraction: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def stable(self) -> np.ndarray:
+        """In the top-``k`` under every checkpoint."""
+        return self.topk_fraction >= 1.0
 
 
 class _Pipeline:
@@ -408,8 +431,39 @@ class Retriever:
             timings = {"featurize_ms": featurize_ms, "candidates_ms": (t2 - t1) * 1e3 + early_ms,
                        "rerank_ms": (t3 - t2) * 1e3}
             out.append(Retrieval(q, scores, top, self.store.n_documents if rows is None else len(rows), timings,
-                                 opp[0], opp[1]))
+                                 opp[0], opp[1], rows))
         return out
+
+    def stability(self, r: Retrieval, method: str, k: int, stop: Stop | None = None) -> Stability | None:
+        """Per-checkpoint view of ``r``'s hits (``None`` for methods not built from checkpoints, or one
+        checkpoint). Over candidates it rescores them per checkpoint (cheap); over the whole corpus it
+        is one more blockwise scan keeping each checkpoint's top-``k``."""
+        from scipy.stats import t as student
+
+        from tracer.methods.kernel import checkpoint_scores
+
+        m = self.method(method)
+        if not isinstance(m, GradientMethod) or len(m.checkpoint_indices()) < 2 or not len(r.rows):
+            return None
+        q, hits = r.features, r.rows
+        with intra_op_threads(self.batching.torch_threads):
+            if r.candidate_rows is not None:
+                cand = r.candidate_rows
+                per = checkpoint_scores(self.store, q, cand, m)
+                tops = [set(top_k(s, cand, k)[1].tolist()) for s in per]
+                pos = {int(x): i for i, x in enumerate(cand)}
+                mine = per[:, [pos[int(h)] for h in hits]]
+            else:
+                best = scan_full_many(lambda rows: {str(c): s for c, s in
+                                                    enumerate(checkpoint_scores(self.store, q, rows, m))},
+                                      self.store.n_documents, k, stop=stop)
+                tops = [set(best[str(c)][1].tolist()) for c in range(len(m.checkpoint_indices()))]
+                mine = checkpoint_scores(self.store, q, hits, m)
+        n_c = mine.shape[0]
+        frac = np.array([sum(int(h) in t for t in tops) / n_c for h in hits])
+        half = student.ppf(0.975, n_c - 1) * mine.std(axis=0, ddof=1) / np.sqrt(n_c)
+        mean = mine.mean(axis=0)
+        return Stability(mine.T.copy(), frac, mean - half, mean + half)
 
     # --- lifecycle
     def warm(self) -> None:

@@ -126,7 +126,7 @@ class Tracer:
     def trace(self, prompt: str | Query, target: str | None = None, *, method: str = "tracin",
               candidates: str = "bm25", k: int = 10, num_candidates: int = 100, include_text: bool = False,
               deadline: float | None = None, query_id: str = "", cancelled: Callable[[], bool] | None = None,
-              opponents: int = 0) -> TraceResult:
+              opponents: int = 0, stability: bool | None = None) -> TraceResult:
         """Rank training examples by how much they support ``target`` after ``prompt``.
 
         Args:
@@ -143,6 +143,9 @@ class Tracer:
             cancelled: Polled like the deadline; once it returns True the call raises ``CancelledError``.
             opponents: Also return this many *opponents*: the lowest-scored of the ranked rows (the
                 candidates, or the whole corpus with ``candidates="full"``), most negative first.
+            stability: Give each hit its per-checkpoint scores, top-k fraction, ``stable`` flag and
+                interval (gradient methods over several checkpoints). ``None`` (default): on, except
+                with ``candidates="full"``, where it costs a second scan of the corpus.
 
         Raises:
             InvalidRequestError, IndexNotReadyError, DeadlineExceededError, CancelledError.
@@ -154,8 +157,20 @@ class Tracer:
         r = self.retriever.retrieve(q.prompt, q.target, method=method, candidates=candidates, k=k,
                                     num_candidates=num_candidates, deadline=deadline, cancelled=cancelled,
                                     opponents=opponents)
+        st = self._stability(r, method, candidates, k, stability, deadline, cancelled)
         r.timings_ms["total_ms"] = (time.perf_counter() - t0) * 1e3
-        return self._result(q, method, candidates, r, include_text, r.timings_ms)
+        return self._result(q, method, candidates, r, include_text, r.timings_ms, st)
+
+    def _stability(self, r: Any, method: str, candidates: str, k: int, stability: bool | None,
+                   deadline: float | None, cancelled: Callable[[], bool] | None) -> Any:
+        from tracer.retrieval import stopper
+
+        if not (stability if stability is not None else candidates != "full"):
+            return None
+        t0 = time.perf_counter()
+        st = self.retriever.stability(r, method, k, stopper(deadline, cancelled))
+        r.timings_ms["stability_ms"] = (time.perf_counter() - t0) * 1e3
+        return st
 
     @staticmethod
     def _as_query(prompt: str | Query, target: str | None, query_id: str) -> Query:
@@ -173,24 +188,32 @@ class Tracer:
             raise InvalidRequestError(f"opponents must be an integer >= 0, got {opponents!r}")
 
     def _result(self, q: Query, method: str, candidates: str, r: Any, include_text: bool,
-                timings: dict[str, float]) -> TraceResult:
+                timings: dict[str, float], stability: Any = None) -> TraceResult:
         known = frozenset(q.proponents) or None
-        return TraceResult(q, method, candidates, self._hits(r.scores, r.rows, include_text, known), timings,
-                           self.fingerprint, r.n_candidates,
+        return TraceResult(q, method, candidates, self._hits(r.scores, r.rows, include_text, known, stability),
+                           timings, self.fingerprint, r.n_candidates,
                            self._hits(r.opponent_scores, r.opponent_rows, include_text, known))
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, include_text: bool,
-              proponents: frozenset[str] | None = None) -> tuple[Hit, ...]:
+              proponents: frozenset[str] | None = None, st: Any = None) -> tuple[Hit, ...]:
         out = []
         for i, (s, r) in enumerate(zip(scores, rows), start=1):
             text = self.store.document(int(r)).text[:TEXT_PREVIEW] if include_text else None
             doc_id = self.store.doc_ids[int(r)]
-            out.append(Hit(doc_id, i, float(s), text, None if proponents is None else doc_id in proponents))
+            extra: dict[str, Any] = {}
+            if st is not None:
+                j = i - 1
+                extra = dict(checkpoint_scores=tuple(float(x) for x in st.checkpoint_scores[j]),
+                             topk_fraction=float(st.topk_fraction[j]), stable=bool(st.stable[j]),
+                             interval=(float(st.low[j]), float(st.high[j])))
+            out.append(Hit(doc_id, i, float(s), text, None if proponents is None else doc_id in proponents,
+                           **extra))
         return tuple(out)
 
     def trace_batch(self, queries: Sequence[Query], *, method: str = "tracin", candidates: str = "bm25", k: int = 10,
                     num_candidates: int = 100, include_text: bool = False, deadline: float | None = None,
-                    cancelled: Callable[[], bool] | None = None, opponents: int = 0) -> list[TraceResult]:
+                    cancelled: Callable[[], bool] | None = None, opponents: int = 0,
+                    stability: bool | None = None) -> list[TraceResult]:
         """``trace`` for each query, featurized in one batch (an invalid query raises; the service
         then retries one by one to isolate it). Known proponents are marked as in :meth:`trace`."""
         for q in queries:
@@ -201,8 +224,9 @@ class Tracer:
                                           candidates=candidates, k=k, num_candidates=num_candidates,
                                           deadline=deadline, cancelled=cancelled, opponents=opponents)
         total = (time.perf_counter() - t0) * 1e3 / max(1, len(queries))
-        return [self._result(q, method, candidates, r, include_text, {**r.timings_ms, "total_ms": total})
-                for q, r in zip(queries, rs)]
+        sts = [self._stability(r, method, candidates, k, stability, deadline, cancelled) for r in rs]
+        return [self._result(q, method, candidates, r, include_text, {**r.timings_ms, "total_ms": total}, st)
+                for q, r, st in zip(queries, rs, sts)]
 
     def get_documents(self, doc_ids: Sequence[str]) -> list[Document]:
         """Documents by id; ``NotFoundError`` names the first unknown id."""

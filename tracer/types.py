@@ -82,6 +82,11 @@ class Hit:
         score: Method score, higher = more supportive.
         text: The example's text (possibly truncated), when requested.
         proponent: Whether the doc is one of the query's known proponents (``None``: none are known).
+        checkpoint_scores: The score under each checkpoint alone, on the score's scale (the score
+            is their mean); empty for methods not built from several checkpoints.
+        topk_fraction: Fraction of checkpoints whose own top-k (same rows, same k) holds this hit.
+        stable: In the top-k under every checkpoint (``None``: not measured).
+        interval: 95% t-interval of the score over checkpoints (``None``: not measured).
     """
 
     doc_id: str
@@ -89,6 +94,10 @@ class Hit:
     score: float
     text: str | None = None
     proponent: bool | None = None
+    checkpoint_scores: tuple[float, ...] = ()
+    topk_fraction: float | None = None
+    stable: bool | None = None
+    interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +147,11 @@ class TraceResult:
         except ImportError:  # pragma: no cover - pandas comes with datasets
             raise ImportError("TraceResult.to_pandas needs pandas (pip install pandas)") from None
         cols = ["query_id", "prompt", "target", "method", "candidates", "kind", "rank", "doc_id", "score", "text",
-                "proponent"]
+                "proponent", "stable", "topk_fraction", "checkpoint_scores"]
         q = self.query
         rows = [(q.query_id, q.prompt, q.target, self.method, self.candidates, kind, h.rank, h.doc_id, h.score,
-                 h.text, h.proponent) for kind, hs in (("hit", self.hits), ("opponent", self.opponents)) for h in hs]
+                 h.text, h.proponent, h.stable, h.topk_fraction, list(h.checkpoint_scores))
+                for kind, hs in (("hit", self.hits), ("opponent", self.opponents)) for h in hs]
         return pd.DataFrame(rows, columns=cols)
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -85,6 +85,8 @@ def format_table(result: TraceResult) -> str:
     """A plain-text table of ``result``: a header line, then rank, score, doc_id (and text)."""
     q = result.query
     timing = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items())
+    if any(h.stable is not None for h in result.hits):
+        timing += "; top-k in: checkpoints whose own top-k holds the hit, ✓ = all (stable)"
     header = (f"{q.prompt!r} -> {q.target!r}: {result.method} over {result.n_candidates} "
               f"{result.candidates} candidates (index {result.index_fingerprint[:12]}; {timing})")
     lines = [header]
@@ -92,13 +94,24 @@ def format_table(result: TraceResult) -> str:
     for title, hits in (("", result.hits), ("opponents (lowest scores first)", result.opponents)):
         if title and hits:
             lines.append(title)
+        stab = any(h.stable is not None for h in hits)
         if hits or not title:
-            lines.append(f"{'rank':>4}  {'score':>12}  {'doc_id':<{width}}  text")
+            col = f"  {'top-k in':>9}" if stab else ""
+            lines.append(f"{'rank':>4}  {'score':>12}{col}  {'doc_id':<{width}}  text")
         for h in hits:
             text = (h.text or "").replace("\n", " ")
             text = text if len(text) <= _TEXT_COLUMN else text[:_TEXT_COLUMN - 1] + "…"
-            lines.append(f"{h.rank:>4}  {h.score:>12.5g}  {h.doc_id:<{width}}  {text}".rstrip())
+            col = f"  {_stability_cell(h):>9}" if stab else ""
+            lines.append(f"{h.rank:>4}  {h.score:>12.5g}{col}  {h.doc_id:<{width}}  {text}".rstrip())
     return "\n".join(lines)
+
+
+def _stability_cell(h: Any) -> str:
+    """``"3/3 ✓"``: in how many checkpoints' own top-k the hit is, ✓ when in all (stable)."""
+    if h.stable is None:
+        return ""
+    n = len(h.checkpoint_scores)
+    return f"{round((h.topk_fraction or 0) * n)}/{n} {'✓' if h.stable else '·'}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -99,7 +99,12 @@ def _name(enum: Any, value: int) -> str:
 
 def _trace_result(msg: pb.TraceResponse) -> TraceResult:
     hits = tuple(Hit(doc_id=h.example_id, rank=h.rank, score=h.score,
-                     text=h.text if h.HasField("text") else None) for h in msg.hits)
+                     text=h.text if h.HasField("text") else None,
+                     checkpoint_scores=tuple(h.checkpoint_scores),
+                     topk_fraction=h.topk_fraction if h.HasField("topk_fraction") else None,
+                     stable=h.stable if h.HasField("stable") else None,
+                     interval=(h.score_low, h.score_high) if h.HasField("score_low") else None)
+                 for h in msg.hits)
     return TraceResult(
         query=Query(query_id=msg.query_id, prompt=msg.prompt, target=msg.target),
         method=_name(pb.Method, msg.method),

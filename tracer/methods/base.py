@@ -99,6 +99,9 @@ class GradientMethod(Method):
     needs: ClassVar[tuple[str, ...]] = ("grads",)
     #: multiply in float64 (scores that cancel heavily); float32 GEMMs otherwise
     exact: ClassVar[bool] = False
+    #: how :meth:`combine` joins checkpoints: ``sum`` or ``mean`` (per-checkpoint stability puts each
+    #: checkpoint's score on the combined score's scale, so that the score is their mean)
+    checkpoint_reduce: ClassVar[str] = "sum"
 
     def view(self) -> str:
         """The stored gradient view the method reads."""

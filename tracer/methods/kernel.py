@@ -261,3 +261,16 @@ def combine(methods: list[Any], per_ckpt: dict[int, dict[str, tuple[np.ndarray, 
     """Each method's scores from the per-checkpoint products of :func:`checkpoint_dots`."""
     return {m.name: m.combine({ci: d[m.name] for ci, d in sorted(per_ckpt.items()) if m.name in d})
             for m in methods}
+
+
+def checkpoint_scores(store: Any, q: Any, rows: np.ndarray, method: Any) -> np.ndarray:
+    """``(C, m)`` scores of ``rows`` under each checkpoint alone, on the combined score's scale.
+
+    Row ``c`` is what the method would score if every checkpoint agreed with checkpoint ``c``
+    (``C * combine({c})`` for a summing method, ``combine({c})`` for an averaging one), so the
+    method's score is exactly the mean of the rows.
+    """
+    cks = method.checkpoint_indices()
+    scale = len(cks) if method.checkpoint_reduce == "sum" else 1
+    out = [method.combine({ci: checkpoint_dots(store, q, rows, [method], ci)[method.name]}) for ci in cks]
+    return scale * np.asarray(out, dtype=np.float64).reshape(len(cks), -1)

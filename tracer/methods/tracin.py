@@ -118,5 +118,7 @@ class TracInCosine(GradientMethod):
             cache[rows[missing]] = sq[:, 0]  # type: ignore[index]
         return cache[rows][:, None]
 
+    checkpoint_reduce = "mean"
+
     def combine(self, dots: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
         return cosine_combine(dots)

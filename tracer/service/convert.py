@@ -101,7 +101,14 @@ def methods_from(values: Iterable[int], field: str = "methods") -> list[str]:
 
 
 def _hit(hit: Hit, max_text_chars: int, include_text: bool) -> pb.Hit:
-    msg = pb.Hit(example_id=hit.doc_id, rank=hit.rank, score=float(hit.score))
+    msg = pb.Hit(example_id=hit.doc_id, rank=hit.rank, score=float(hit.score),
+                 checkpoint_scores=list(hit.checkpoint_scores))
+    if hit.topk_fraction is not None:
+        msg.topk_fraction = hit.topk_fraction
+    if hit.stable is not None:
+        msg.stable = hit.stable
+    if hit.interval is not None:
+        msg.score_low, msg.score_high = hit.interval
     if include_text and hit.text is not None:
         msg.text = hit.text[:max_text_chars]
         msg.text_truncated = len(hit.text) > max_text_chars

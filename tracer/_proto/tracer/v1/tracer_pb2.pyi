@@ -75,18 +75,28 @@ class TraceRequest(_message.Message):
     def __init__(self, index: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., candidates: _Optional[_Union[CandidateSource, str]] = ..., top_k: _Optional[int] = ..., num_candidates: _Optional[int] = ..., include_text: _Optional[bool] = ..., query_id: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("example_id", "rank", "score", "text", "text_truncated")
+    __slots__ = ("example_id", "rank", "score", "text", "text_truncated", "checkpoint_scores", "topk_fraction", "stable", "score_low", "score_high")
     EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_LOW_FIELD_NUMBER: _ClassVar[int]
+    SCORE_HIGH_FIELD_NUMBER: _ClassVar[int]
     example_id: str
     rank: int
     score: float
     text: str
     text_truncated: bool
-    def __init__(self, example_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., text_truncated: _Optional[bool] = ...) -> None: ...
+    checkpoint_scores: _containers.RepeatedScalarFieldContainer[float]
+    topk_fraction: float
+    stable: bool
+    score_low: float
+    score_high: float
+    def __init__(self, example_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., text_truncated: _Optional[bool] = ..., checkpoint_scores: _Optional[_Iterable[float]] = ..., topk_fraction: _Optional[float] = ..., stable: _Optional[bool] = ..., score_low: _Optional[float] = ..., score_high: _Optional[float] = ...) -> None: ...
 
 class TraceResponse(_message.Message):
     __slots__ = ("query_id", "prompt", "target", "index", "index_fingerprint", "method", "candidates", "hits", "timings_ms", "num_candidates")
