@@ -3,9 +3,10 @@
 Flags default from the environment (``TRACER_HOST``, ``TRACER_PORT``, ``TRACER_INDEX`` as an
 ``os.pathsep``-separated list, ``TRACER_AUTH_TOKEN_FILE``, ``TRACER_TLS_CERT``, ``TRACER_TLS_KEY``,
 ``TRACER_MAX_CONCURRENT``, ``TRACER_GRACE_S``); ``TRACER_MALLOC_ARENAS`` caps glibc's malloc
-arenas (default 2, see :func:`limit_malloc_arenas`). Once every index is loaded it prints
-``tracer serving on HOST:PORT`` (flushed) so scripts can wait for that line; SIGTERM drains and
-exits 0.
+arenas (default 2, see :func:`limit_malloc_arenas`). ``--otel-endpoint`` (or the standard
+``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``) instruments every index with :mod:`tracer.telemetry`.
+Once every index is loaded it prints ``tracer serving on HOST:PORT`` (flushed) so scripts can
+wait for that line; SIGTERM drains and exits 0.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grace", type=float, default=float(_env("GRACE_S", 10.0)), metavar="S",
                    help="seconds in-flight calls get to finish on SIGTERM")
     p.add_argument("--verify", action="store_true", help="verify index checksums while loading")
+    p.add_argument("--otel-endpoint", default=None, metavar="URL",
+                   help="export an OpenInference RETRIEVER span per traced query to this OTLP/HTTP "
+                        "traces URL, e.g. http://localhost:6006/v1/traces (Phoenix); or set "
+                        "OTEL_EXPORTER_OTLP_ENDPOINT (needs pip install 'tracer[otel]')")
     p.add_argument("--no-reflection", dest="reflection", action="store_false",
                    help="do not serve gRPC server reflection (it follows --auth-token-file when set)")
     add_model_overrides(p)
@@ -72,9 +77,39 @@ def _open_index(path: Path, verify: bool, **overrides: Any) -> Any:
     return tracer
 
 
-def _indexes(dirs: list[Path], verify: bool, overrides: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+def _indexes(dirs: list[Path], verify: bool, overrides: dict[str, Any],
+             otel_provider: Any = None) -> Iterator[tuple[str, Any]]:
     for d in dirs:
-        yield d.name, _open_index(d, verify, **overrides)
+        tracer = _open_index(d, verify, **overrides)
+        if otel_provider is not None:
+            from tracer.telemetry import instrument
+
+            instrument(tracer, tracer_provider=otel_provider)
+        yield d.name, tracer
+
+
+# The standard OpenTelemetry variables that turn spans on without --otel-endpoint.
+OTEL_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def _otel_provider(endpoint: str | None) -> Any:
+    """An OTLP span provider when ``--otel-endpoint`` or an ``OTEL_EXPORTER_OTLP_*`` variable asks for one.
+
+    Without the ``otel`` extra the flag is an error; a variable alone (set for other processes
+    too) only warns, and the server runs without spans.
+    """
+    from_env = endpoint is None and any(os.environ.get(v) for v in OTEL_ENV)
+    if endpoint is None and not from_env:
+        return None
+    try:
+        from tracer.telemetry import configure_otlp
+    except ImportError as exc:
+        if from_env:
+            print(f"tracer serve: warning: {' or '.join(OTEL_ENV)} is set but {exc}; no spans",
+                  file=sys.stderr)
+            return None
+        raise DataError(f"--otel-endpoint: {exc}") from exc
+    return configure_otlp(endpoint)  # None: the exporter reads the OTEL_ variables itself
 
 
 def limit_malloc_arenas(n: int) -> bool:
@@ -130,11 +165,15 @@ def run(args: argparse.Namespace) -> int:
 
     from tracer.service.server import UNCLEAN_STOP
 
+    otel = _otel_provider(args.otel_endpoint)
     try:
-        code = serve(cfg, _indexes(dirs, args.verify, overrides), on_ready=announce)
+        code = serve(cfg, _indexes(dirs, args.verify, overrides, otel), on_ready=announce)
     except OSError as exc:
         print(f"tracer serve: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if otel is not None:
+            otel.shutdown()  # flush queued spans
     if code == UNCLEAN_STOP:  # gRPC threads may never finish: do not let interpreter shutdown wait on them
         import logging
         import os
