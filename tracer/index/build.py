@@ -94,6 +94,26 @@ class IndexConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class BasisPin:
+    """Pins the feature basis of a build to an earlier one (``tracer add``, and the equal from-scratch build).
+
+    Attributes:
+        fit_pool: The K-FAC fit sample is drawn from the first ``fit_pool`` documents (by default
+            from all of them), so a corpus that grew draws the sample the original build drew.
+        widths: Per-group widths of the dimension budget, as an earlier fit allocated them (``None``:
+            allocate from this build's factors). A checkpoint added later keeps the original layout.
+        energy_kept: The earlier fit's energy shares for ``widths`` (recorded, not recomputed).
+    """
+
+    fit_pool: int
+    widths: dict[str, list[int]] | None = None
+    energy_kept: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class _SimulatedCrash(RuntimeError):
     """Raised by the test hook ``fail_after_shards``."""
 
@@ -101,7 +121,7 @@ class _SimulatedCrash(RuntimeError):
 def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out: str | Path,
                 cfg: IndexConfig | None = None, *, tokenizer_path: str | Path | None = None,
                 overwrite: bool = False, corpus_path: str = "", progress: bool = True,
-                fail_after_shards: int | None = None) -> dict[str, Any]:
+                fail_after_shards: int | None = None, basis: BasisPin | None = None) -> dict[str, Any]:
     """Build (or resume building) an index directory.
 
     Args:
@@ -114,6 +134,7 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
         corpus_path: Recorded in the manifest for provenance.
         progress: Show progress bars.
         fail_after_shards: Test hook: raise after this many newly written shards.
+        basis: Pin the K-FAC fit sample (and widths) to an earlier build's (see :class:`BasisPin`).
 
     Returns:
         The manifest written.
@@ -135,7 +156,8 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
     with build_lock(out):
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-        return _build_locked(docs, checkpoints, out, cfg, tokenizer_path, corpus_path, progress, fail_after_shards)
+        return _build_locked(docs, checkpoints, out, cfg, tokenizer_path, corpus_path, progress, fail_after_shards,
+                             basis)
 
 
 @contextlib.contextmanager
@@ -175,12 +197,18 @@ def build_lock(out: Path) -> Iterator[None]:
 
 def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out: Path, cfg: IndexConfig,
                   tokenizer_path: str | Path | None, corpus_path: str, progress: bool,
-                  fail_after_shards: int | None) -> dict[str, Any]:
+                  fail_after_shards: int | None, basis: BasisPin | None = None,
+                  history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run every unfinished stage in ``<out>.partial``, write the manifest, swap it in as ``out``.
+
+    ``history`` is the manifest's record of how the index came to be (default: this one build);
+    ``tracer add`` seeds the partial directory with finished work and passes the grown history.
+    """
     t_start = time.perf_counter()
-    part = _prepare_partial(out, docs, checkpoints, cfg, corpus_path)
+    part = _prepare_partial(out, docs, checkpoints, cfg, corpus_path, basis)
     timings: dict[str, float] = {}
     tok = load_tokenizer(tokenizer_path or checkpoints[-1].path)
-    ctx = _BuildContext(part, docs, list(checkpoints), cfg, tok, progress, fail_after_shards)
+    ctx = _BuildContext(part, docs, list(checkpoints), cfg, tok, progress, fail_after_shards, basis)
     views = view_names(cfg.featurize, checkpoints)
     stages: list[tuple[str, bool, Callable[[_BuildContext], dict[str, Any]]]] = [
         ("fit", cfg.gradients and cfg.featurize.projection == "kfac", _fit_stage),
@@ -198,12 +226,35 @@ def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], o
             stage_info[name], timings[name] = _run_stage(ctx, name, fn)
     manifest = _manifest(ctx, views, stage_info, timings, corpus_path)
     manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+    manifest["history"] = history if history is not None else [history_entry(
+        "build", n_documents=len(docs), checkpoints=len(checkpoints), corpus=corpus_path,
+        seconds=manifest["build_seconds"]["total"])]
     # Manifest first (it skips the build-state files), then the resume guard, then the state, then
     # swap in: a crash at any point leaves a resumable partial, a partial the next run discards (no
     # guard), or a complete index; never a half one, and never a partial that fails every rerun.
     manifest = write_manifest(part, manifest, skip=(F.BUILD_STATE, F.BUILD_CONFIG))
     (part / F.BUILD_CONFIG).unlink()
     shutil.rmtree(part / F.BUILD_STATE)
+    publish(part, out)
+    log.info("index written to %s (%d documents)", out, len(docs))
+    return manifest
+
+
+def history_entry(action: str, **fields: Any) -> dict[str, Any]:
+    """One record of the manifest's ``history``: what was done to the index, when, with counts."""
+    return {"action": action, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+
+
+def publish(part: Path, out: Path) -> None:
+    """Make ``part`` the index at ``out``.
+
+    Where the kernel can (Linux ``renameat2(RENAME_EXCHANGE)``) the two directories swap in one
+    atomic step, so a reader or a crash sees the old index or the new one, never neither; the
+    old version, now at ``part``, is removed after. Elsewhere: ``out -> out.old``, ``part -> out``.
+    """
+    if out.exists() and _exchange(part, out):
+        shutil.rmtree(part)
+        return
     old = out.with_name(out.name + ".old")
     if old.exists():  # left by a kill during an earlier swap
         shutil.rmtree(old)
@@ -212,8 +263,24 @@ def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], o
     part.rename(out)
     if old.exists():
         shutil.rmtree(old)
-    log.info("index written to %s (%d documents)", out, len(docs))
-    return manifest
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with ``renameat2(..., RENAME_EXCHANGE)``; False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
 @dataclass
@@ -225,18 +292,25 @@ class _BuildContext:
     tokenizer: Any
     progress: bool
     fail_after_shards: int | None
+    basis: BasisPin | None = None
     dims: dict[str, Any] = field(default_factory=dict)
     layout: list[Any] = field(default_factory=list)
 
 
-def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
-                     corpus_path: str) -> Path:
-    """Create or reuse ``<out>.partial``; a partial build of a different config is discarded."""
-    part = out.with_name(out.name + ".partial")
-    want = {"config": cfg.to_dict(), "corpus": corpus_fingerprint(docs),
-            "loss_split": _split_fingerprint(docs),
+def build_want(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
+               basis: BasisPin | None = None) -> dict[str, Any]:
+    """What a build produces, as its partial directory records it (the resume guard)."""
+    return {"config": cfg.to_dict(), "corpus": corpus_fingerprint(docs),
+            "loss_split": split_fingerprint(docs), "basis": basis.to_dict() if basis else None,
             "checkpoints": [{"path": str(c.path.resolve()), "lr": c.lr, "step": c.step,
                              "weights": weights_fingerprint(c.path)} for c in checkpoints]}
+
+
+def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
+                     corpus_path: str, basis: BasisPin | None = None) -> Path:
+    """Create or reuse ``<out>.partial``; a partial build of a different config is discarded."""
+    part = out.with_name(out.name + ".partial")
+    want = build_want(docs, checkpoints, cfg, basis)
     if part.exists():
         try:
             have = json.loads((part / F.BUILD_CONFIG).read_text())
@@ -250,11 +324,11 @@ def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[
         shutil.rmtree(part)
     (part / F.BUILD_STATE).mkdir(parents=True)
     (part / F.BUILD_CONFIG).write_text(json.dumps(want, sort_keys=True))
-    _write_documents(part, docs)
+    write_documents(part, docs)
     return part
 
 
-def _split_fingerprint(docs: Sequence[Document]) -> str:
+def split_fingerprint(docs: Sequence[Document]) -> str:
     """Hash of the (prompt, target) split, which decides the loss mask (ids and texts are in the corpus hash)."""
     import hashlib
 
@@ -264,11 +338,16 @@ def _split_fingerprint(docs: Sequence[Document]) -> str:
     return h.hexdigest()
 
 
-def _write_documents(root: Path, docs: Sequence[Document]) -> None:
+def write_documents(root: Path, docs: Sequence[Document]) -> None:
+    """``documents.jsonl`` (with the ``prompt``/``target`` split where a document has one: the loss
+    mask ``tracer add --checkpoint`` needs), its byte offsets, and ``doc_ids.txt``."""
     offsets = [0]
     with open(root / F.DOCUMENTS, "wb") as fh:
         for d in docs:
-            line = json.dumps({"id": d.doc_id, "text": d.text, "facts": list(d.facts)}).encode() + b"\n"
+            row = {"id": d.doc_id, "text": d.text, "facts": list(d.facts)}
+            if d.prompt is not None or d.target is not None:
+                row.update(prompt=d.prompt, target=d.target)
+            line = json.dumps(row).encode() + b"\n"
             fh.write(line)
             offsets.append(offsets[-1] + len(line))
     np.save(root / F.DOC_OFFSETS, np.asarray(offsets, dtype=np.int64))
@@ -299,7 +378,8 @@ def _fit_stage(ctx: _BuildContext) -> dict[str, Any]:
     from tracer.model.loading import load_model
 
     fcfg = ctx.cfg.featurize
-    rows = fit_sample(len(ctx.docs), fcfg)
+    pool = ctx.basis.fit_pool if ctx.basis else len(ctx.docs)
+    rows = fit_sample(pool, fcfg)
     enc = encode_documents(ctx.tokenizer, [ctx.docs[int(r)] for r in rows], fcfg.max_length)
     factors, groups = [], []
     for ci, ck in enumerate(ctx.checkpoints):
@@ -316,9 +396,11 @@ def _fit_stage(ctx: _BuildContext) -> dict[str, Any]:
             log.info("K-FAC fit of checkpoint %d: %.1fs", ci, time.perf_counter() - t0)
             done.touch()
         factors.append(load_factors(path))
-    info: dict[str, Any] = {"fit_docs": len(rows), "seed": fcfg.seed,
+    info: dict[str, Any] = {"fit_docs": len(rows), "fit_pool": pool, "seed": fcfg.seed,
                             "statistics": "A = E_t[x x^T], S = E_z[sum_t delta delta^T] (empirical, data labels)"}
-    if fcfg.budgeted:
+    if fcfg.budgeted and ctx.basis is not None and ctx.basis.widths is not None:  # layout of an earlier fit
+        widths, kept = ctx.basis.widths, dict(ctx.basis.energy_kept or {})
+    elif fcfg.budgeted:
         widths, kept = allocate(factors, groups, fcfg.dim, fcfg.fit_floor, fcfg.exact_share)
     else:
         from tracer.featurize.layout import group_key
@@ -434,7 +516,8 @@ def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timi
         "tracer_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "corpus": {"path": corpus_path, "fingerprint": corpus_fingerprint(ctx.docs), "n_documents": len(ctx.docs)},
+        "corpus": {"path": corpus_path, "fingerprint": corpus_fingerprint(ctx.docs), "n_documents": len(ctx.docs),
+                   "loss_split": split_fingerprint(ctx.docs)},
         "checkpoints": [{"path": str(c.path.resolve()), "lr": c.lr, "step": c.step,
                          "fingerprint": weights_fingerprint(c.path)} for c in ctx.checkpoints],
         "tokenizer": str(Path(ctx.tokenizer.name_or_path).resolve()) if ctx.tokenizer.name_or_path else "",
@@ -444,5 +527,12 @@ def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timi
         "loss": {"masking": "prompt tokens -100; loss on target tokens", "reduction": ctx.cfg.featurize.loss_reduction},
         "views": views if ctx.cfg.gradients else [],
         "stages": stages,
+        # what the corpus statistics were fitted on; `tracer add` keeps the basis, recomputes the rest
+        "statistics": {"basis_fit_pool": ctx.basis.fit_pool if ctx.basis else len(ctx.docs),
+                       "basis_widths_pinned": bool(ctx.basis and ctx.basis.widths is not None),
+                       "policy": "K-FAC basis, prescale and budget widths from a fit sample of the first "
+                                 "basis_fit_pool documents; moments, gradient FAISS, influence, TRAK, embeddings "
+                                 "and BM25 over every document"},
+
         "build_seconds": dict(timings),
     }

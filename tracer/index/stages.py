@@ -198,17 +198,33 @@ def build_embedding_stage(ctx: Any) -> dict[str, Any]:
 
     model = load_model(ctx.checkpoints[-1].path)
     texts = [d.text for d in ctx.docs]
-    parts = []
-    with _bar(ctx, len(texts), "embeddings") as bar:
-        for lo in range(0, len(texts), EMBED_BATCH):
+    parts = [embedding_prefix(ctx)]  # rows an earlier version of the index already embedded (tracer add)
+    start = len(parts[0])
+    with _bar(ctx, len(texts) - start, "embeddings") as bar:
+        for lo in range(start, len(texts), EMBED_BATCH):
             parts.append(embed_texts(model, ctx.tokenizer, texts[lo:lo + EMBED_BATCH],
                                      max_length=ctx.cfg.featurize.max_length))
             bar.update(len(parts[-1]))
-    emb = np.concatenate(parts)
+    emb = np.concatenate([p for p in parts if len(p)])
     np.save(ctx.root / F.EMBEDDINGS, emb.astype(np.float16))
     index = build_faiss(emb.shape[1], len(emb), lambda: iter([emb]), "Flat")
     write_faiss(index, ctx.root / F.EMBEDDING_FAISS)
     return {"dim": int(emb.shape[1]), "pooling": "mean of final hidden states", "normalized": True}
+
+
+EMBEDDING_PREFIX = "embeddings-prefix.npy"  # in build_state/: (m, d) float32 rows already embedded, m % EMBED_BATCH == 0
+
+
+def embedding_prefix(ctx: Any) -> np.ndarray:
+    """Float32 embeddings of the first rows, seeded by ``tracer add`` from the previous version's Flat index
+    (exact float32), so only new rows are embedded; batches stay aligned, so the result equals a full pass."""
+    path = ctx.root / F.BUILD_STATE / EMBEDDING_PREFIX
+    if not path.exists():
+        return np.zeros((0, 0), np.float32)
+    prefix = np.load(path)
+    if len(prefix) % EMBED_BATCH or len(prefix) > len(ctx.docs):
+        raise ValueError(f"{path}: {len(prefix)} seeded rows are not a whole number of {EMBED_BATCH}-row batches")
+    return prefix
 
 
 def _layout(ctx: Any) -> list[dict[str, Any]]:
