@@ -285,7 +285,7 @@ def test_batch_get_examples(served: Served) -> None:
 def test_every_rpc_is_wrapped_and_refused_while_loading() -> None:
     """All RPCs carry the error-mapping decorator; before indexes load each answers UNAVAILABLE."""
     names = [m.name for m in pb.DESCRIPTOR.services_by_name["TracerService"].methods]
-    assert set(names) == {"Trace", "BatchTrace", "Evaluate", "GetIndex", "ListIndexes", "BatchGetExamples"}
+    assert set(names) == {"Trace", "BatchTrace", "Evaluate", "GetIndex", "ListIndexes", "BatchGetExamples", "Verify"}
     assert all(getattr(getattr(TracerServicer, n), "is_rpc_method", False) for n in names)
     srv, port = create_server(ServiceConfig(port=0))
     srv.start()
@@ -733,6 +733,39 @@ def test_real_index_batch_examples_and_errors(real_served: tuple[Served, Any], t
     err = rpc_error(lambda: s.stub.Trace(pb.TraceRequest(prompt="p", target="t", candidates=99), timeout=5))
     assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
                                           "candidates: unknown value 99; expected one of bm25, embedding, gradient, union, full")
+
+
+def test_real_index_verify_and_stability(real_served: tuple[Served, Any], tiny_bench: Any,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Verify over gRPC equals the library's (same deltas, same seeded baseline); a request beyond the
+    cap is RESOURCE_EXHAUSTED; per-hit stability survives the wire."""
+    from tracer.cli.main import main
+
+    s, local = real_served
+    q = tiny_bench.queries[0]
+    hits = local.trace(q.prompt, q.target, method="tracin", k=4).hits
+    ids = [h.doc_id for h in hits]
+    got = s.client.verify(q.prompt, q.target, ids, seed=3)
+    want = local.verify(q.prompt, q.target, ids, seed=3)
+    assert [(x.doc_id, x.baseline) for x in got.examples + got.baseline] == [
+        (x.doc_id, x.baseline) for x in want.examples + want.baseline]
+    assert [x.delta_logprob for x in got.examples + got.baseline] == pytest.approx(
+        [x.delta_logprob for x in want.examples + want.baseline], rel=1e-9)
+    too_many = [d.doc_id for d in tiny_bench.documents[:30]]
+    err = rpc_error(lambda: s.stub.Verify(pb.VerifyRequest(prompt=q.prompt, target=q.target,
+                                                           example_ids=too_many), timeout=30))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "cap of 32" in err.details()
+    err = rpc_error(lambda: s.stub.Verify(pb.VerifyRequest(prompt="", target=q.target, example_ids=ids),
+                                          timeout=30))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    remote = s.client.trace(q.prompt, q.target, method="tracin", k=4)
+    assert [(h.stable, h.topk_fraction) for h in remote.hits] == [(h.stable, h.topk_fraction) for h in hits]
+    assert [h.checkpoint_scores for h in remote.hits] == [pytest.approx(h.checkpoint_scores) for h in hits]
+    assert main(["verify", "--server", s.address, "--prompt", q.prompt, "--target", q.target,
+                 "--example", ids[0], "--random", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["examples"][0]["delta_logprob"] == pytest.approx(want.examples[0].delta_logprob, rel=1e-9)
+    assert len(out["baseline"]) == 2
 
 
 def test_real_index_evaluate(real_served: tuple[Served, Any], tiny_bench: Any) -> None:

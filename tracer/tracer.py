@@ -9,6 +9,7 @@ service (``tracer.service``) and the CLI; it knows nothing about transports. Err
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,6 +40,8 @@ class Tracer:
     def __init__(self, retriever: Retriever) -> None:
         self.retriever = retriever
         self.store = retriever.store
+        self._verifier: Any = None
+        self._verifier_lock = threading.Lock()
 
     @classmethod
     def open(cls, index_dir: str | Path, *, verify: bool = False, checkpoint_dirs: Sequence[str | Path] | None = None,
@@ -228,6 +231,39 @@ class Tracer:
         return [self._result(q, method, candidates, r, include_text, {**r.timings_ms, "total_ms": total}, st)
                 for q, r, st in zip(queries, rs, sts)]
 
+    def verify(self, prompt: str, target: str, example_ids: Sequence[str], *, checkpoint: int = 0,
+               lr: float = 1e-2, n_random: int = 3, seed: int = 0, max_examples: int = 32,
+               deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> Any:
+        """Tail-patch on demand: the change in ``log p(target | prompt)`` after one SGD step on each example.
+
+        Args:
+            prompt, target: The fact.
+            example_ids: Training examples to check (e.g. the doc ids of a trace's hits).
+            checkpoint: Checkpoint stepped from (index into the index's checkpoints; ``-1`` = last).
+                Default 0, as ``tracer eval --tail-patch``: the first, where facts are not yet learned.
+            lr: SGD step size (default the eval's).
+            n_random: Seeded random corpus examples stepped on too, as the baseline.
+            seed: Seed of the random baseline (results are deterministic for a seed).
+            max_examples: Cap on ``len(example_ids) + n_random`` (``LimitExceededError`` beyond).
+            deadline, cancelled: As for :meth:`trace`, checked between chunks of 8 examples.
+
+        Returns:
+            A :class:`tracer.verification.Verification`: a verdict (delta, ms) per example and per
+            baseline example.
+
+        Raises:
+            InvalidRequestError, NotFoundError, LimitExceededError, DeadlineExceededError, CancelledError.
+        """
+        from tracer.retrieval import stopper
+        from tracer.verification import Verifier
+
+        self._validate(prompt, target, "bm25", "bm25", 1, 1)
+        with self._verifier_lock:
+            if self._verifier is None:
+                self._verifier = Verifier(self.retriever)
+        return self._verifier.verify(prompt, target, example_ids, checkpoint=checkpoint, lr=lr, n_random=n_random,
+                                     seed=seed, max_examples=max_examples, stop=stopper(deadline, cancelled))
+
     def get_documents(self, doc_ids: Sequence[str]) -> list[Document]:
         """Documents by id; ``NotFoundError`` names the first unknown id."""
         return self.store.documents(doc_ids)
@@ -253,6 +289,8 @@ class Tracer:
 
     def close(self) -> None:
         """Release models, memory maps and indexes (the object reloads them if used again)."""
+        if self._verifier is not None:
+            self._verifier.close()
         self.retriever.close()
 
     def __enter__(self) -> Tracer:

@@ -293,6 +293,22 @@ class TracerClient:
 
     get_documents = get_examples
 
+    def verify(self, prompt: str, target: str, example_ids: Sequence[str], *, checkpoint: int = 0,
+               lr: float = 1e-2, n_random: int = 3, seed: int = 0, index: str | None = None,
+               timeout: float | None = None) -> Any:
+        """Tail-patch on demand over gRPC (as ``Tracer.verify``); returns a ``Verification``."""
+        from tracer.verification import Verdict, Verification
+
+        req = pb.VerifyRequest(index=self._index(index), prompt=prompt, target=target, example_ids=list(example_ids),
+                               checkpoint=checkpoint, lr=lr, num_random=n_random, seed=seed)
+        msg = self._call(self._stub.Verify, req, timeout)
+
+        def one(x: Any) -> Verdict:
+            return Verdict(x.example_id, x.delta_logprob, x.ms, x.baseline)
+
+        return Verification(msg.prompt, msg.target, msg.checkpoint, msg.lr, tuple(one(x) for x in msg.examples),
+                            tuple(one(x) for x in msg.baseline), dict(msg.timings_ms))
+
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """Health status name of ``service`` ("" = whole server): ``"SERVING"``, ``"NOT_SERVING"``, ..."""
         msg = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

@@ -206,3 +206,14 @@ def evaluate_result(report: Mapping[str, Any]) -> pb.EvaluateResponse:
         report_json=json.dumps(report, default=str),
         methods=[_method_metrics(name, res) for name, res in methods.items()],
     ))
+
+
+def verify_response(v: Any, fingerprint: str) -> pb.VerifyResponse:
+    """A ``VerifyResponse`` from a :class:`tracer.verification.Verification`."""
+    def one(x: Any) -> pb.VerifiedExample:
+        return pb.VerifiedExample(example_id=x.doc_id, delta_logprob=x.delta_logprob, ms=x.ms, baseline=x.baseline)
+
+    return pb.VerifyResponse(prompt=v.prompt, target=v.target, checkpoint=v.checkpoint, lr=v.lr,
+                             examples=[one(x) for x in v.examples], baseline=[one(x) for x in v.baseline],
+                             timings_ms={str(k): float(t) for k, t in v.timings_ms.items()},
+                             index_fingerprint=fingerprint)

@@ -53,6 +53,7 @@ class ServiceConfig:
     max_num_candidates: int = field(default=100_000, metadata={"help": "largest num_candidates accepted"})
     max_batch: int = field(default=256, metadata={"help": "most queries in one BatchTrace"})
     max_examples: int = field(default=1000, metadata={"help": "most ids in one BatchGetExamples"})
+    max_verify: int = field(default=32, metadata={"help": "most examples (asked + random) in one Verify"})
     max_eval_queries: int = field(default=100_000, metadata={"help": "most queries in one Evaluate"})
     max_message_bytes: int = field(default=16 * _MiB, metadata={"help": "largest request/response message"})
     max_text_chars: int = field(default=2000, metadata={"help": "hit texts are cut to this length"})

@@ -342,6 +342,21 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
             docs = tracer.get_documents(ids)
         return pb.BatchGetExamplesResponse(examples=[convert.example(d) for d in docs])
 
+    @rpc_method
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
+        entry = self._registry.get(request.index)
+        for i, doc_id in enumerate(request.example_ids):
+            convert.require_text(doc_id, f"example_ids[{i}]")
+        deadline = call_deadline(context)
+        with entry.use(deadline) as tracer:
+            v = tracer.verify(request.prompt, request.target, list(request.example_ids),
+                              checkpoint=request.checkpoint if request.HasField("checkpoint") else 0,
+                              lr=request.lr if request.HasField("lr") else 1e-2,
+                              n_random=request.num_random if request.HasField("num_random") else 3,
+                              seed=request.seed, max_examples=self._cfg.max_verify, deadline=deadline,
+                              **entry.cancel_check(context))
+        return convert.verify_response(v, tracer.fingerprint)
+
 
 def _index_info(entry: IndexEntry) -> pb.IndexInfo:
     return convert.index_info(entry.name, entry.tracer.fingerprint, entry.tracer.n_documents, entry.methods,

@@ -339,3 +339,62 @@ class BatchGetExamplesResponse(_message.Message):
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     examples: _containers.RepeatedCompositeFieldContainer[Example]
     def __init__(self, examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("index", "prompt", "target", "example_ids", "checkpoint", "lr", "num_random", "seed")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    NUM_RANDOM_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    prompt: str
+    target: str
+    example_ids: _containers.RepeatedScalarFieldContainer[str]
+    checkpoint: int
+    lr: float
+    num_random: int
+    seed: int
+    def __init__(self, index: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., example_ids: _Optional[_Iterable[str]] = ..., checkpoint: _Optional[int] = ..., lr: _Optional[float] = ..., num_random: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class VerifiedExample(_message.Message):
+    __slots__ = ("example_id", "delta_logprob", "ms", "baseline")
+    EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
+    DELTA_LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    MS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    example_id: str
+    delta_logprob: float
+    ms: float
+    baseline: bool
+    def __init__(self, example_id: _Optional[str] = ..., delta_logprob: _Optional[float] = ..., ms: _Optional[float] = ..., baseline: _Optional[bool] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("prompt", "target", "checkpoint", "lr", "examples", "baseline", "timings_ms", "index_fingerprint")
+    class TimingsMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    target: str
+    checkpoint: int
+    lr: float
+    examples: _containers.RepeatedCompositeFieldContainer[VerifiedExample]
+    baseline: _containers.RepeatedCompositeFieldContainer[VerifiedExample]
+    timings_ms: _containers.ScalarMap[str, float]
+    index_fingerprint: str
+    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., checkpoint: _Optional[int] = ..., lr: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[VerifiedExample, _Mapping]]] = ..., baseline: _Optional[_Iterable[_Union[VerifiedExample, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., index_fingerprint: _Optional[str] = ...) -> None: ...

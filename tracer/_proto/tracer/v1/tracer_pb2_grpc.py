@@ -65,6 +65,11 @@ class TracerServiceStub:
                 request_serializer=tracer_dot_v1_dot_tracer__pb2.BatchGetExamplesRequest.SerializeToString,
                 response_deserializer=tracer_dot_v1_dot_tracer__pb2.BatchGetExamplesResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/tracer.v1.TracerService/Verify',
+                request_serializer=tracer_dot_v1_dot_tracer__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=tracer_dot_v1_dot_tracer__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class TracerServiceServicer:
@@ -113,6 +118,14 @@ class TracerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Causal check on demand (tail-patch): the change in log p(target | prompt) after one SGD step
+        on each example from a checkpoint, with seeded random examples as the baseline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TracerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +158,11 @@ def add_TracerServiceServicer_to_server(servicer, server):
                     servicer.BatchGetExamples,
                     request_deserializer=tracer_dot_v1_dot_tracer__pb2.BatchGetExamplesRequest.FromString,
                     response_serializer=tracer_dot_v1_dot_tracer__pb2.BatchGetExamplesResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=tracer_dot_v1_dot_tracer__pb2.VerifyRequest.FromString,
+                    response_serializer=tracer_dot_v1_dot_tracer__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +328,33 @@ class TracerService:
             '/tracer.v1.TracerService/BatchGetExamples',
             tracer_dot_v1_dot_tracer__pb2.BatchGetExamplesRequest.SerializeToString,
             tracer_dot_v1_dot_tracer__pb2.BatchGetExamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tracer.v1.TracerService/Verify',
+            tracer_dot_v1_dot_tracer__pb2.VerifyRequest.SerializeToString,
+            tracer_dot_v1_dot_tracer__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
