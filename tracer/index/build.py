@@ -26,7 +26,6 @@ import numpy as np
 
 from tracer.corpus import corpus_fingerprint
 from tracer.featurize.checkpoint import (
-    CheckpointFeaturizer,
     encode_documents,
     fit_checkpoint,
     fit_sample,
@@ -35,6 +34,7 @@ from tracer.featurize.checkpoint import (
 from tracer.featurize.config import FeaturizeConfig
 from tracer.index import files as F
 from tracer.index.manifest import write_manifest
+from tracer.index.shards import ShardEngine
 from tracer.index.stages import (
     build_embedding_stage,
     build_influence_stage,
@@ -121,7 +121,8 @@ class _SimulatedCrash(RuntimeError):
 def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out: str | Path,
                 cfg: IndexConfig | None = None, *, tokenizer_path: str | Path | None = None,
                 overwrite: bool = False, corpus_path: str = "", progress: bool = True,
-                fail_after_shards: int | None = None, basis: BasisPin | None = None) -> dict[str, Any]:
+                fail_after_shards: int | None = None, basis: BasisPin | None = None,
+                engine: ShardEngine | None = None) -> dict[str, Any]:
     """Build (or resume building) an index directory.
 
     Args:
@@ -135,6 +136,8 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
         progress: Show progress bars.
         fail_after_shards: Test hook: raise after this many newly written shards.
         basis: Pin the K-FAC fit sample (and widths) to an earlier build's (see :class:`BasisPin`).
+        engine: Where gradient shards are featurized (default: this process;
+            ``tracer.index.distributed.RayEngine``: Ray actors). The index is the same either way.
 
     Returns:
         The manifest written.
@@ -157,7 +160,7 @@ def build_index(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
         return _build_locked(docs, checkpoints, out, cfg, tokenizer_path, corpus_path, progress, fail_after_shards,
-                             basis)
+                             basis, engine=engine)
 
 
 @contextlib.contextmanager
@@ -198,7 +201,8 @@ def build_lock(out: Path) -> Iterator[None]:
 def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], out: Path, cfg: IndexConfig,
                   tokenizer_path: str | Path | None, corpus_path: str, progress: bool,
                   fail_after_shards: int | None, basis: BasisPin | None = None,
-                  history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                  history: list[dict[str, Any]] | None = None,
+                  engine: ShardEngine | None = None) -> dict[str, Any]:
     """Run every unfinished stage in ``<out>.partial``, write the manifest, swap it in as ``out``.
 
     ``history`` is the manifest's record of how the index came to be (default: this one build);
@@ -208,7 +212,7 @@ def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], o
     part = _prepare_partial(out, docs, checkpoints, cfg, corpus_path, basis)
     timings: dict[str, float] = {}
     tok = load_tokenizer(tokenizer_path or checkpoints[-1].path)
-    ctx = _BuildContext(part, docs, list(checkpoints), cfg, tok, progress, fail_after_shards, basis)
+    ctx = _BuildContext(part, docs, list(checkpoints), cfg, tok, progress, fail_after_shards, basis, engine)
     views = view_names(cfg.featurize, checkpoints)
     stages: list[tuple[str, bool, Callable[[_BuildContext], dict[str, Any]]]] = [
         ("fit", cfg.gradients and cfg.featurize.projection == "kfac", _fit_stage),
@@ -293,6 +297,7 @@ class _BuildContext:
     progress: bool
     fail_after_shards: int | None
     basis: BasisPin | None = None
+    engine: ShardEngine | None = None  # where gradient shards run (None: this process)
     dims: dict[str, Any] = field(default_factory=dict)
     layout: list[Any] = field(default_factory=list)
 
@@ -435,69 +440,43 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
 
 
 def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
+    """Featurize the shards each checkpoint lacks on ``ctx.engine``; store each, then its done-marker."""
     from tqdm.auto import tqdm
 
-    from tracer.featurize.kfac import load_factors
-    from tracer.index.quant import block_bounds, quantize, release_pages
+    from tracer.index.shards import LocalEngine, ShardFeaturizer, ShardJob, ShardOutputs, plan_shards
 
     fcfg = ctx.cfg.featurize
     enc = encode_documents(ctx.tokenizer, ctx.docs, fcfg.max_length)
     n, shard = len(enc), ctx.cfg.shard_size
-    n_shards = (n + shard - 1) // shard
+    engine = ctx.engine if ctx.engine is not None else LocalEngine()
+    widths = stage_info(ctx, "fit").get("widths") if fcfg.projection == "kfac" else None
+    doc_ids = [d.doc_id for d in ctx.docs]
     written, dim, layout = 0, 0, []
-    int8 = fcfg.dtype == "int8"
-    dtype = {"int8": np.int8, "float16": np.float16, "float32": np.float32}[fcfg.dtype]
-    kfac = fcfg.projection == "kfac"
-    widths = stage_info(ctx, "fit").get("widths") if kfac else None
     for ci, ck in enumerate(ctx.checkpoints):
-        factors = load_factors(ctx.root / F.kfac_file(ci)) if kfac else None
-        fz = CheckpointFeaturizer(ck, ctx.tokenizer, fcfg, views, factors=factors, widths=widths)
-        dim, layout = fz.dim, fz.layout
-        bounds = block_bounds([b.to_dict() for b in layout])
-        sigma = np.load(ctx.root / F.prescale_file(ci)) if int8 and kfac else None
-        mats = {v: _open_matrix(ctx.root / F.feature_file(v, ci), (n, dim), dtype) for v in views}
-        scales = {v: _open_matrix(ctx.root / F.scale_file(v, ci), (n, len(layout)), np.float32)
-                  for v in views} if int8 else {}
-        losses = _open_matrix(ctx.root / F.loss_file(ci), (n,), np.float32)
-        bar = tqdm(total=n, desc=f"gradients ckpt {ci + 1}/{len(ctx.checkpoints)}", unit="ex",
-                   disable=not ctx.progress)
-        for s in range(n_shards):
+        job = ShardJob(ctx.root, ci, ck, fcfg, tuple(views), widths)
+        local = ShardFeaturizer(job, ctx.tokenizer)
+        dim, layout = local.dim, local.layout
+        outputs = ShardOutputs(job, n, dim, len(layout))
+        todo = plan_shards(n, shard, lambda s: _shard_marker(ctx, ci, s).exists())  # noqa: B023
+        bar = tqdm(total=n, initial=n - sum(hi - lo for _, lo, hi in todo), unit="ex",
+                   desc=f"gradients ckpt {ci + 1}/{len(ctx.checkpoints)}", disable=not ctx.progress)
+        for s, arrays in engine.featurize(job, local, todo, enc):
             lo, hi = s * shard, min(n, (s + 1) * shard)
-            done = ctx.root / F.BUILD_STATE / f"grad-ckpt{ci}-shard{s}.done"
-            if not done.exists():
-                feats, loss = fz.featurize(enc[lo:hi])
-                for v in views:
-                    bad = ~np.isfinite(feats[v]).all(axis=1)
-                    if bad.any():
-                        raise ValueError(f"non-finite gradient features for documents "
-                                         f"{[ctx.docs[lo + int(i)].doc_id for i in np.nonzero(bad)[0][:5]]} at "
-                                         f"checkpoint {ci} (the loss overflowed?); fix or drop them")
-                    if int8:
-                        x = feats[v] if sigma is None else feats[v] / sigma
-                        mats[v][lo:hi], scales[v][lo:hi] = quantize(x, bounds)
-                        scales[v].flush()
-                    else:
-                        mats[v][lo:hi] = feats[v].astype(dtype)
-                    mats[v].flush()
-                losses[lo:hi] = loss
-                losses.flush()
-                release_pages(*mats.values(), *scales.values())  # written and flushed: not ours to hold
-                done.touch()
-                written += 1
-                if ctx.fail_after_shards is not None and written >= ctx.fail_after_shards:
-                    raise _SimulatedCrash(f"simulated crash after {written} shards")
+            outputs.store(lo, hi, arrays, doc_ids)
+            _shard_marker(ctx, ci, s).touch()
+            written += 1
+            if ctx.fail_after_shards is not None and written >= ctx.fail_after_shards:
+                raise _SimulatedCrash(f"simulated crash after {written} shards")
             bar.update(hi - lo)
         bar.close()
-        del mats, scales, losses, fz
-    return {"dim": dim, "views": views, "layout": [b.to_dict() for b in layout], "n_shards": n_shards,
-            "dtype": fcfg.dtype}
+        del outputs, local
+    return {"dim": dim, "views": views, "layout": [b.to_dict() for b in layout],
+            "n_shards": (n + shard - 1) // shard, "dtype": fcfg.dtype}
 
 
-def _open_matrix(path: Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        return np.load(path, mmap_mode="r+")
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+def _shard_marker(ctx: _BuildContext, ci: int, s: int) -> Path:
+    """The done-marker of gradient shard ``s`` of checkpoint ``ci``."""
+    return ctx.root / F.BUILD_STATE / f"grad-ckpt{ci}-shard{s}.done"
 
 
 def _bm25_stage(ctx: _BuildContext) -> dict[str, Any]:
@@ -533,6 +512,5 @@ def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timi
                        "policy": "K-FAC basis, prescale and budget widths from a fit sample of the first "
                                  "basis_fit_pool documents; moments, gradient FAISS, influence, TRAK, embeddings "
                                  "and BM25 over every document"},
-
         "build_seconds": dict(timings),
     }
