@@ -273,3 +273,21 @@ def test_configure_otlp_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
         finally:
             provider.shutdown()
     assert len(made) == 2
+
+
+def test_verify_emits_one_evaluator_span(tracer_obj: Any, tiny_bench: Any, spans: Spans) -> None:
+    q = tiny_bench.queries[0]
+    ids = [d.doc_id for d in tiny_bench.documents[:2]]
+    telemetry.instrument(tracer_obj, tracer_provider=spans.provider)
+    v = tracer_obj.verify(q.prompt, q.target, ids, n_random=1)
+    (span,) = spans.finished()
+    attrs = span.attributes or {}
+    assert span.name == telemetry.VERIFY_SPAN_NAME and attrs[SA.OPENINFERENCE_SPAN_KIND] == "EVALUATOR"
+    assert json.loads(attrs[SA.INPUT_VALUE]) == {"prompt": q.prompt, "target": q.target, "example_ids": ids}
+    out = json.loads(attrs[SA.OUTPUT_VALUE])
+    assert [x["delta_logprob"] for x in out["examples"]] == [x.delta_logprob for x in v.examples]
+    assert len(out["baseline"]) == 1
+    with pytest.raises(Exception, match="at least one"):
+        tracer_obj.verify(q.prompt, q.target, [])
+    failed = spans.finished()[-1]
+    assert failed.name == telemetry.VERIFY_SPAN_NAME and failed.status.status_code == StatusCode.ERROR

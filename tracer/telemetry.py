@@ -49,7 +49,8 @@ T = TypeVar("T")
 INSTRUMENTATION_NAME = "tracer"  # the OpenTelemetry instrumentation scope
 SPAN_NAME = "tracer.trace"  # one span per traced query, from trace() or trace_batch()
 DEFAULT_MAX_CONTENT_CHARS = 500  # characters of document text per span document
-INSTRUMENTED_METHODS = ("trace", "trace_batch")
+INSTRUMENTED_METHODS = ("trace", "trace_batch", "verify")
+VERIFY_SPAN_NAME = "tracer.verify"  # one EVALUATOR span per verify() call (the causal check)
 
 # --- tracer-specific span attributes (OpenInference has no key for these) ---
 ATTR_INDEX_NAME = "tracer.index.name"
@@ -96,7 +97,9 @@ def instrument(tracer_obj: T, *, tracer_provider: TracerProvider | None = None,
     uninstrument(tracer_obj)
     otel = otel_trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider)
     writer = _SpanWriter(tracer_obj, otel, max_content_chars)
-    for name, wrap in (("trace", _wrap_trace), ("trace_batch", _wrap_trace_batch)):
+    for name, wrap in (("trace", _wrap_trace), ("trace_batch", _wrap_trace_batch), ("verify", _wrap_verify)):
+        if not callable(getattr(tracer_obj, name, None)):
+            continue
         previous = vars(tracer_obj).get(name, _ABSENT)
         wrapper = wrap(getattr(tracer_obj, name), writer)
         setattr(wrapper, _RESTORE, previous)
@@ -217,6 +220,42 @@ def _wrap_trace_batch(original: Callable[..., list[TraceResult]],
                 span.end()
 
     return trace_batch
+
+
+def _wrap_verify(original: Callable[..., Any], writer: _SpanWriter) -> Callable[..., Any]:
+    """An EVALUATOR span per :meth:`tracer.Tracer.verify`: the fact and example ids in, each example's
+    change in log-probability (and the random baseline's) out."""
+    bind = _binder(original)
+
+    @functools.wraps(original)
+    def verify(*args: Any, **kwargs: Any) -> Any:
+        call = bind(args, kwargs)
+        attrs = {
+            SpanAttributes.OPENINFERENCE_SPAN_KIND: OpenInferenceSpanKindValues.EVALUATOR.value,
+            SpanAttributes.INPUT_VALUE: _json({"prompt": call.get("prompt"), "target": call.get("target"),
+                                               "example_ids": list(call.get("example_ids") or [])}),
+            SpanAttributes.INPUT_MIME_TYPE: OpenInferenceMimeTypeValues.JSON.value,
+            ATTR_INDEX_NAME: _safe_str(getattr(writer.tracer_obj, "name", "")),
+            ATTR_INDEX_FINGERPRINT: _safe_str(getattr(writer.tracer_obj, "fingerprint", "")),
+        }
+        span = writer.tracer.start_span(VERIFY_SPAN_NAME, attributes=attrs)
+        with otel_trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                v = original(*args, **kwargs)
+            except Exception as exc:
+                _fail(span, exc)
+                raise
+            try:
+                d = v.to_dict()
+                span.set_attributes({
+                    SpanAttributes.OUTPUT_VALUE: _json({k: d[k] for k in ("examples", "baseline", "baseline_mean")}),
+                    SpanAttributes.OUTPUT_MIME_TYPE: OpenInferenceMimeTypeValues.JSON.value,
+                    **{ATTR_TIMING_PREFIX + k: float(ms) for k, ms in v.timings_ms.items()}})
+            except Exception:  # telemetry never fails a call that succeeded
+                logger.warning("could not record a verification on its span", exc_info=True)
+            return v
+
+    return verify
 
 
 class _Request:
