@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	# CPU torch first (a local wheel on the dev machine; from PyPI elsewhere) so nothing pulls a CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q --index-url https://download.pytorch.org/whl/cpu torch
 	$(BIN)/pip install -q -e ".[test]"
+	# Chromium for the explorer's browser tests, from Debian where apt works (the tests skip without it).
+	command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+		echo "note: no chromium; tests/test_ui.py's browser tests will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -138,6 +138,34 @@ def test_evaluate_run_missing_and_empty_queries() -> None:
     assert queries_without_relevant(qrels) == ["q4"]
 
 
+
+def test_evaluate_run_ir_measures_equals_hand_oracle() -> None:
+    """evaluate_run (ir-measures / trec_eval) must equal the hand-written functions pinned above,
+    on seeded random rankings with repeats, k beyond the ranking, empty rankings and missing queries."""
+    rng = np.random.default_rng(0)
+    docs = [f"d{i}" for i in range(30)]
+    run, qrels = {}, {}
+    for i in range(200):
+        qid = f"q{i:03d}"
+        qrels[qid] = set(rng.choice(docs, size=int(rng.integers(1, 6)), replace=False).tolist())
+        if i % 17 == 0:
+            continue  # judged but missing from the run: an empty ranking
+        ranked = rng.choice(docs, size=int(rng.integers(0, 25)), replace=False).tolist()
+        if i % 5 == 0 and ranked:
+            ranked.insert(int(rng.integers(0, len(ranked))), ranked[0])  # a repeated doc id
+        run[qid] = ranked
+    ks = (1, 3, 10, 25, 100)
+    got = evaluate_run(run, qrels, ks)
+    assert list(got) == sorted(qrels)
+    for qid, rel in qrels.items():
+        want = evaluate_ranking(run.get(qid, []), rel, ks)
+        assert set(got[qid]) == set(want)
+        for name, value in want.items():
+            assert close(got[qid][name], value), (qid, name, got[qid][name], value)
+    # The shared example, by hand: d2 at 2 and d4 at 4 of 3 relevant.
+    one = evaluate_run({"q": RANKED}, {"q": RELEVANT}, ks=(3,))["q"]
+    assert close(one["mrr"], 0.5) and close(one["recall@3"], 1 / 3) and close(one["precision@3"], 1 / 3)
+
 # ---------------------------------------------------------------- bootstrap
 
 MRRS = [1.0, 0.5, 0.0, 0.25, 1.0, 0.2]
@@ -288,7 +316,7 @@ def test_markdown_table_contents() -> None:
 def test_write_report_files(tmp_path) -> None:
     report = _report()
     paths = write_report(tmp_path / "out", report)
-    assert {p.name for p in paths.values()} == {"metrics.json", "report.md", "report.html", "chart.png"}
+    assert {p.name for p in paths.values()} == {"metrics.json", "report.md", "report.html", "chart.png"}  # no details
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
     assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(report))
     md = paths["markdown"].read_text()

@@ -7,7 +7,9 @@ Candidate policies (always labelled in the report):
   always candidates, MRR here is an upper bound of what full retrieval would give;
 * ``full`` — the whole corpus (blockwise scan, running top-k).
 Metrics per method: MRR, recall@k, success@k, precision@k, nDCG@10, per relation, with
-95% bootstrap intervals; optionally the tail-patch log-probability increase.
+95% bootstrap intervals; optionally the tail-patch log-probability increase. The report also
+carries ``provenance`` and a per-query ``details`` block (:mod:`tracer.metrics.details`) for
+the HTML report's curves, paired tests and drill-down.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from tracer.errors import DeadlineExceededError, InvalidRequestError
 from tracer.metrics import aggregate, evaluate_run
+from tracer.metrics.details import run_details
 from tracer.methods.base import QueryFeatures
 from tracer.retrieval import Retriever, stopper
 from tracer.types import Query
@@ -176,18 +179,60 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
     qrels = {q.query_id: set(q.proponents) for q in queries}
     groups = {q.query_id: q.relation or "?" for q in queries}
     methods: dict[str, Any] = {}
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
     for m in cfg.run_names:
-        per_query = evaluate_run({qid: [d for d, _ in r] for qid, r in runs[m].items()}, qrels, cfg.ks)
-        methods[m] = {"candidates": _label(cfg), **aggregate(per_query, groups, n_boot=cfg.n_boot, seed=cfg.seed)}
+        per_query[m] = evaluate_run({qid: [d for d, _ in r] for qid, r in runs[m].items()}, qrels, cfg.ks)
+        methods[m] = {"candidates": _label(cfg), **aggregate(per_query[m], groups, n_boot=cfg.n_boot, seed=cfg.seed)}
+    details = run_details(runs, qrels, per_query, max(cfg.ks))
     if cfg.tail_patch:
-        _add_tail_patch(retriever, queries, runs, cfg, methods, on_progress)
+        patched = _add_tail_patch(retriever, queries, runs, cfg, methods, on_progress)
+        for m, rows in patched.items():
+            for qid, row in rows.items():
+                details["per_query"][m][qid].update(row)
     store = retriever.store
     settings = {**asdict(cfg), "index": store.name, "index_fingerprint": store.fingerprint,
                 "n_queries": len(queries), "n_queries_without_proponents": n_dropped,
                 "n_unknown_proponents": n_unknown, "n_documents": store.n_documents,
                 "seconds": round(time.perf_counter() - t0, 1)}
-    report = {"title": f"tracer benchmark on {store.name}", "settings": settings, "methods": methods}
+    details["queries"] = {q.query_id: {"prompt": q.prompt, "target": q.target, "relation": q.relation,
+                                       "proponents": list(q.proponents)} for q in queries}
+    details["documents"] = _shown_documents(retriever, details)
+    report = {"title": f"tracer benchmark on {store.name}", "settings": settings, "methods": methods,
+              "provenance": provenance(retriever), "details": details}
     return EvalResult(report, runs, qrels)
+
+
+def _shown_documents(retriever: Retriever, details: dict[str, Any]) -> dict[str, str]:
+    """Truncated text of every doc the drill-down shows: each method's top hits and each proponent."""
+    from tracer.metrics.details import TEXT_CHARS
+
+    store = retriever.store
+    ids = {d for hits in details["hits"].values() for ranked in hits.values() for d, _ in ranked}
+    ids |= {p for q in details["queries"].values() for p in q["proponents"] if p in store.row_of}
+    return {d: store.document(int(store.row_of[d])).text[:TEXT_CHARS] for d in sorted(ids)}
+
+
+def provenance(retriever: Retriever) -> dict[str, Any]:
+    """Where the numbers come from: the index (fingerprint, checkpoints and their lr, features) and the
+    versions of the libraries that computed them."""
+    import platform
+    from importlib import metadata
+
+    store = retriever.store
+    m = store.manifest
+    feat = m.get("featurize") or {}
+    versions = {}
+    for dist in ("tracer", "torch", "transformers", "faiss-cpu", "numpy", "bm25s", "ir-measures"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    versions["python"] = platform.python_version()
+    return {"index": store.name, "fingerprint": store.fingerprint, "n_documents": store.n_documents,
+            "created": m.get("created"), "index_tracer_version": m.get("tracer_version"),
+            "checkpoints": [{k: c.get(k) for k in ("path", "step", "lr")} for c in m.get("checkpoints", [])],
+            "featurize": {k: v for k, v in feat.items() if isinstance(v, (str, int, float, bool)) or v is None},
+            "versions": versions}
 
 
 def _label(cfg: EvalConfig) -> str:
@@ -200,7 +245,7 @@ def _label(cfg: EvalConfig) -> str:
 
 def _add_tail_patch(retriever: Retriever, queries: Sequence[Query], runs: dict[str, dict[str, list[tuple[str, float]]]],
                     cfg: EvalConfig, methods: dict[str, Any],
-                    on_progress: Callable[[int, int, str], None] | None) -> None:
+                    on_progress: Callable[[int, int, str], None] | None) -> dict[str, dict[str, dict[str, float]]]:
     from tracer.causal import tail_patch_deltas
     from tracer.featurize.checkpoint import encode_documents
     from tracer.model.loading import load_model
@@ -224,3 +269,4 @@ def _add_tail_patch(retriever: Retriever, queries: Sequence[Query], runs: dict[s
             on_progress(i + 1, len(subset), "tail_patch")
     for m in cfg.run_names:
         methods[m]["tail_patch"] = aggregate(per_method[m], n_boot=cfg.n_boot, seed=cfg.seed)["all"]["tail_patch"]
+    return per_method

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from tracer.cli.cmd_ui import DEFAULT_PORT as DEFAULT_UI_PORT
 from tracer.errors import TracerError
 
 METHODS = ("bm25", "embedding", "tracin", "tracin_cos", "influence", "trak", "random")
@@ -166,7 +167,7 @@ def _evaluate(client: Any, index: str, queries: list[Any], out: Path, tail_patch
     report["settings"]["slice"] = "learned"
     paths = write_report(out, report)
     print(markdown_table(report))
-    print(f"   report: {paths['html']}")
+    print(f"   report: {paths['html']}  (open it in a browser; per-query values in {paths.get('per_query', paths['json'])})")
     return report
 
 
@@ -201,4 +202,7 @@ def run(args: argparse.Namespace) -> int:
                                                         "n_queries": len(queries),
                                                         "methods": list(report["methods"])}, indent=2))
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; artifacts in {work}")
+    print(f"report:   {work / 'report' / 'report.html'}")
+    print(f"explorer: tracer ui --index {index} --queries {bench / 'queries.jsonl'}   "
+          f"(then open http://127.0.0.1:{DEFAULT_UI_PORT}/)")
     return 0

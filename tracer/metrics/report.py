@@ -1,4 +1,4 @@
-"""Evaluation reports: ``metrics.json``, ``report.md``, ``report.html`` and ``chart.png``.
+"""Evaluation reports: ``metrics.json``, ``per_query.jsonl``, ``report.md``, ``report.html``, ``chart.png``.
 
 This module owns presentation of aggregated metrics. The input ``report`` dict is::
 
@@ -13,18 +13,17 @@ This module owns presentation of aggregated metrics. The input ``report`` dict i
                 "tail_patch": {"mean", "lo", "hi"},  # optional
             },
         },
+        "provenance": {...},                         # optional: index, checkpoints, versions
+        "details": {...},                            # optional: per query (tracer.metrics.details)
     }
 
-Every cell reads ``"mean [lo, hi]"``. A metric a method lacks shows as an em dash.
-matplotlib is imported lazily and drawn on an explicit Agg canvas (no pyplot, no global
-backend switch), so importing this module has no side effects and needs no display.
+Every cell reads ``"mean [lo, hi]"``. A metric a method lacks shows as an em dash. The HTML
+page is laid out by :mod:`tracer.metrics.page` and its charts drawn by :mod:`tracer.metrics.charts`
+(matplotlib on an explicit Agg canvas, imported lazily: no side effects, no display needed).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
 import os
@@ -44,6 +43,9 @@ METRICS_JSON = "metrics.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 CHART_PNG = "chart.png"
+PER_QUERY_JSONL = "per_query.jsonl"
+# Report key of the per-query block (tracer.metrics.details); kept out of metrics.json.
+DETAILS = "details"
 # Summary table columns: (header, metric key in a method's "all" dict).
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("MRR", "mrr"),
@@ -113,78 +115,6 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _group_tables(methods: Mapping[str, Mapping[str, Any]]) -> str:
-    """One HTML table per chart metric: rows are groups, columns are methods."""
-    groups = sorted({g for res in methods.values() for g in res.get("by_group", {})})
-    if not groups:
-        return ""
-    parts = ["<h2>Per group</h2>"]
-    for title, key in CHART_METRICS:
-        rows = []
-        for g in groups:
-            cells = [methods[m].get("by_group", {}).get(g) for m in methods]
-            n = next((str(c["n"]) for c in cells if c is not None and "n" in c), MISSING)
-            rows.append([g, n] + [format_ci(c.get(key)) if c is not None else MISSING for c in cells])
-        parts.append(f"<h3>{html.escape(title)}</h3>")
-        parts.append(_html_table(["group", "n"] + [str(m) for m in methods], rows))
-    return "\n".join(parts)
-
-
-def _chart_png(methods: Mapping[str, Mapping[str, Any]], title: str) -> bytes:
-    """Grouped bar chart of the chart metrics per method with CI error bars, as PNG bytes."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [str(m) for m in methods]
-    x = np.arange(len(names), dtype=np.float64)
-    width = 0.8 / len(CHART_METRICS)
-    fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2.0), 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i, (label, key) in enumerate(CHART_METRICS):
-        stats = [res["all"].get(key) or {"mean": 0.0, "lo": 0.0, "hi": 0.0} for res in methods.values()]
-        mean = np.array([s["mean"] for s in stats])
-        err = np.array([[s["mean"] - s["lo"] for s in stats], [s["hi"] - s["mean"] for s in stats]])
-        ax.bar(x + (i - (len(CHART_METRICS) - 1) / 2) * width, mean, width, yerr=np.clip(err, 0, None),
-               capsize=3, label=label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=20, ha="right")
-    ax.set_ylim(0.0, 1.25)  # headroom so the legend clears full-height error bars
-    ax.set_title(title)
-    ax.legend(loc="upper center", ncol=len(CHART_METRICS), frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _html_page(report: Mapping[str, Any], png: bytes) -> str:
-    title = html.escape(str(report.get("title", "tracer report")))
-    settings = report.get("settings") or {}
-    items = "".join(
-        f"<li><code>{html.escape(str(k))}</code>: {html.escape(str(v))}</li>" for k, v in settings.items()
-    )
-    header, rows = _table_rows(report)
-    img = base64.b64encode(png).decode("ascii")
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child"
-             "{text-align:left}")
-    return (
-        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
-        f"<style>{style}</style></head><body>\n<h1>{title}</h1>\n<h2>Settings</h2><ul>{items}</ul>\n"
-        f"<h2>Summary</h2>{_html_table(header, rows)}\n"
-        f"<img alt=\"MRR and recall@10 per method\" src=\"data:image/png;base64,{img}\">\n"
-        f"{_group_tables(_methods(report))}\n</body></html>\n"
-    )
-
-
 def _atomic_write(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -199,36 +129,64 @@ def _atomic_write(path: Path, data: bytes) -> Path:
 
 
 def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any]) -> dict[str, Path]:
-    """Write the report as JSON, markdown, self-contained HTML and a PNG chart.
+    """Write the report as JSON, markdown, self-contained HTML and a PNG chart (and per-query JSON lines).
 
     Args:
         out_dir: Output directory; created if missing. Existing files are replaced atomically.
         report: Report dict (see the module docstring); must be JSON-serializable.
 
     Returns:
-        ``{"json": metrics.json, "markdown": report.md, "html": report.html,
-        "chart": chart.png}`` paths.
+        ``{"json": metrics.json, "markdown": report.md, "html": report.html, "chart": chart.png}``
+        paths, plus ``"per_query": per_query.jsonl`` when the report has ``details``.
+        ``metrics.json`` holds everything but ``details``; ``per_query.jsonl`` holds one line per
+        query (see :func:`per_query_lines`).
 
     Raises:
         ValueError: If ``report['methods']`` is missing or empty, or a method lacks ``all``.
         TypeError: If ``report`` is not JSON-serializable.
     """
-    _methods(report)  # validate before writing anything
+    from tracer.metrics.charts import bar_chart
+    from tracer.metrics.page import render_page
+
+    methods = _methods(report)  # validate before writing anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    png = _chart_png(_methods(report), str(report.get("title", "")))
-    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    summary = {k: v for k, v in report.items() if k != DETAILS}
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    png = bar_chart(methods, CHART_METRICS, str(report.get("title", "")))
     paths = {
         "json": _atomic_write(out / METRICS_JSON, text.encode("utf-8")),
         "markdown": _atomic_write(out / REPORT_MD, _markdown_doc(report).encode("utf-8")),
         "chart": _atomic_write(out / CHART_PNG, png),
-        "html": _atomic_write(out / REPORT_HTML, _html_page(report, png).encode("utf-8")),
+        "html": _atomic_write(out / REPORT_HTML, render_page(report, methods).encode("utf-8")),
     }
+    if report.get(DETAILS):
+        lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in per_query_lines(report[DETAILS]))
+        paths["per_query"] = _atomic_write(out / PER_QUERY_JSONL, lines.encode("utf-8"))
     logger.info("wrote report to %s", out)
     return paths
 
 
+def per_query_lines(details: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One record per query: the fact, its proponents and, per method, its metrics (``mrr``,
+    ``recall@10``, ``success@10``, ``ndcg@10``, ``tail_patch`` where run), the proponents' ranks
+    and the top hits as ``[doc_id, score]``."""
+    out = []
+    for qid, q in details["queries"].items():
+        per_method = {}
+        for m, rows in details["per_query"].items():
+            if qid in rows:
+                per_method[m] = {**rows[qid], "top": details["hits"].get(m, {}).get(qid, [])}
+        out.append({"query_id": qid, **q, "methods": per_method})
+    return out
+
+
 def _markdown_doc(report: Mapping[str, Any]) -> str:
-    lines = [f"# {report.get('title', 'tracer report')}", ""]
-    lines += [f"- `{k}`: {v}" for k, v in (report.get("settings") or {}).items()]
-    return "\n".join(lines) + "\n\n" + markdown_table(report)
+    from tracer.metrics.page import SETTING_LABELS, _fmt
+
+    settings = report.get("settings") or {}
+    labels = dict(SETTING_LABELS)
+    order = [k for k, _ in SETTING_LABELS if k in settings] + sorted(k for k in settings if k not in labels)
+    lines = [f"# {report.get('title', 'tracer report')}", "", markdown_table(report), "## Settings", ""]
+    lines += [f"- {labels.get(k, k.replace('_', ' '))}: {_fmt(settings[k])}" for k in order]
+    return "\n".join(lines) + "\n"

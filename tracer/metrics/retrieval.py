@@ -235,13 +235,42 @@ def queries_without_relevant(qrels: Mapping[str, Collection[str]]) -> list[str]:
     return sorted(qid for qid, rel in qrels.items() if not rel)
 
 
+def _measures(ks: tuple[int, ...]) -> dict[str, object]:
+    """Our metric names -> ir-measures measures (same definitions as the hand-written oracles above)."""
+    from ir_measures import RR, P, R, Success, nDCG
+
+    out: dict[str, object] = {"mrr": RR}
+    for k in ks:
+        out[f"recall@{k}"] = R @ k
+        out[f"success@{k}"] = Success @ k
+        out[f"precision@{k}"] = P @ k
+    out[f"ndcg@{NDCG_K}"] = nDCG @ NDCG_K
+    return out
+
+
+def _scored(ranked: Sequence[str]) -> dict[str, float]:
+    """A ranking as the ``{doc_id: score}`` dict trec_eval reads, keeping our order exactly.
+
+    trec_eval re-sorts by score (ties by doc id), so scores are ``n - position``. A repeated doc
+    id keeps its slot as a fresh non-relevant id, as :func:`_hits` counts it.
+    """
+    _check_ranked(ranked)
+    n = len(ranked)
+    out: dict[str, float] = {}
+    for i, doc_id in enumerate(ranked):
+        out[doc_id if doc_id not in out else f"\u241frepeat{i}"] = float(n - i)
+    return out
+
+
 def evaluate_run(
     run: Mapping[str, Sequence[str]],
     qrels: Mapping[str, Collection[str]],
     ks: Iterable[int] = DEFAULT_KS,
 ) -> dict[str, dict[str, float]]:
-    """Per-query metrics of a whole run, for every judged query.
+    """Per-query metrics of a whole run, for every judged query, computed by ``ir-measures``.
 
+    The numbers are trec_eval's (through ``ir-measures`` and ``pytrec_eval``); the pure functions
+    above are the hand-computed oracle they are tested against (``tests/test_metrics.py``).
     The evaluated queries are those of ``qrels`` with at least one relevant doc:
 
     * a judged query missing from ``run`` is scored as an empty ranking (all zeros);
@@ -255,23 +284,33 @@ def evaluate_run(
         ks: Positive cutoffs, as in :func:`evaluate_ranking`.
 
     Returns:
-        Query id -> :func:`evaluate_ranking` dict, ordered by sorted query id.
+        Query id -> the :func:`evaluate_ranking` dict (same keys), ordered by sorted query id.
 
     Raises:
         ValueError: If ``ks`` is empty or any ``k <= 0``.
     """
+    import ir_measures
+
     ks = tuple(ks)
+    if not ks:
+        raise ValueError("ks is empty")
+    for k in ks:
+        _check_k(k)
     skipped = queries_without_relevant(qrels)
     if skipped:
         logger.info("skipping %d queries with no relevant docs", len(skipped))
     unjudged = [qid for qid in run if qid not in qrels]
     if unjudged:
         logger.info("ignoring %d run queries absent from qrels", len(unjudged))
-    missing = [qid for qid, rel in qrels.items() if rel and qid not in run]
+    judged = sorted(qid for qid, rel in qrels.items() if rel)
+    missing = [qid for qid in judged if qid not in run]
     if missing:
         logger.info("%d judged queries missing from the run score as empty rankings", len(missing))
-    return {
-        qid: evaluate_ranking(run.get(qid, ()), qrels[qid], ks)
-        for qid in sorted(qrels)
-        if qrels[qid]
-    }
+    measures = _measures(ks)
+    name_of = {m: name for name, m in measures.items()}
+    out: dict[str, dict[str, float]] = {qid: {name: 0.0 for name in measures} for qid in judged}
+    ir_qrels = {qid: {d: 1 for d in _check_relevant(qrels[qid])} for qid in judged}
+    ir_run = {qid: _scored(run.get(qid, ())) for qid in judged}
+    for m in ir_measures.iter_calc(list(measures.values()), ir_qrels, ir_run):
+        out[m.query_id][name_of[m.measure]] = float(m.value)
+    return out
