@@ -107,9 +107,11 @@ def build_tiny_index(out, bench, run, **overrides):
     fkw = dict(TINY_INDEX_CFG)
     fkw.update(overrides.pop("featurize", {}))
     fail = overrides.pop("fail_after_shards", None)
+    engine = overrides.pop("engine", None)
     cfg = IndexConfig(featurize=FeaturizeConfig(**fkw), shard_size=overrides.pop("shard_size", 64),
                       trak_dim=overrides.pop("trak_dim", 64), **overrides)
-    build_index(bench.documents, load_checkpoints(run), out, cfg, progress=False, fail_after_shards=fail)
+    build_index(bench.documents, load_checkpoints(run), out, cfg, progress=False, fail_after_shards=fail,
+                engine=engine)
     return out
 
 

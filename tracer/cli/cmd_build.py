@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 from tracer.errors import DataError
 
@@ -49,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "index, the top ones by lr * E[g^2] (0: all, a second full copy of the features)")
     s.add_argument("--trak-dim", type=int, default=1024)
     s.add_argument("--shard-size", type=int, default=256)
+    r = p.add_argument_group("engine")
+    r.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where gradient shards are featurized: this process (default) or Ray actors "
+                        "(pip install 'tracer[ray]'; --out must be on storage every worker sees)")
+    r.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="join this Ray cluster ('auto': the one `ray start` put this machine in); "
+                        "default: start a local Ray with --workers CPUs")
+    r.add_argument("--workers", type=int, default=2, help="Ray actors, one model replica each (default 2)")
     p.set_defaults(func=run)
 
 
@@ -84,6 +94,20 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(str(exc)) from None
 
 
+def _engine(args: argparse.Namespace) -> Any:
+    """A context manager giving the shard engine of ``--engine`` (``None``: the local one)."""
+    if args.engine == "local":
+        return contextlib.nullcontext()
+    if args.workers < 1:
+        raise DataError(f"--workers must be >= 1, got {args.workers}")
+    from tracer.index.distributed import RayEngine, RayOptions
+
+    try:
+        return RayEngine(RayOptions(address=args.ray_address, workers=args.workers))
+    except ImportError as exc:
+        raise DataError(f"--engine ray needs Ray ({exc}): pip install 'tracer[ray]'") from None
+
+
 def _build(args: argparse.Namespace, cks: list, docs: list) -> int:
     from tracer.featurize.config import DEFAULT_DIM, FeaturizeConfig
     from tracer.index.build import IndexConfig, build_index
@@ -101,8 +125,9 @@ def _build(args: argparse.Namespace, cks: list, docs: list) -> int:
                       faiss_dim=args.faiss_dim, trak_dim=args.trak_dim, shard_size=args.shard_size, seed=args.seed)
     tok_dir = Path(args.model) / "tokenizer" if args.model and (Path(args.model) / "tokenizer").is_dir() else None
     tok_dir = Path(args.tokenizer) if args.tokenizer else tok_dir
-    m = build_index(docs, cks, args.out, cfg, tokenizer_path=tok_dir, overwrite=args.overwrite,
-                    corpus_path=str(Path(args.corpus).resolve()))
+    with _engine(args) as engine:
+        m = build_index(docs, cks, args.out, cfg, tokenizer_path=tok_dir, overwrite=args.overwrite,
+                        corpus_path=str(Path(args.corpus).resolve()), engine=engine)
     size = sum(f["size"] for f in m["files"].values())
     print(f"build: {len(docs)} documents, {len(cks)} checkpoints -> {args.out} "
           f"({size / 1e6:.1f} MB, {size / len(docs):.0f} bytes/example)")
