@@ -26,6 +26,7 @@ from tracer.errors import DeadlineExceededError, InvalidRequestError
 from tracer.metrics import aggregate, evaluate_run
 from tracer.metrics.details import run_details
 from tracer.methods.base import QueryFeatures
+from tracer.methods.task import fit_task_corrections
 from tracer.retrieval import Retriever, stopper
 from tracer.types import Query
 
@@ -172,6 +173,8 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
                     n_unknown, retriever.store.name)
     for m in cfg.methods:
         retriever.method(m)  # fail fast on unknown / unavailable methods
+    task = fit_task_corrections(retriever, [(q.prompt, q.target) for q in queries], cfg.methods, cfg.batch_size,
+                                deadline)  # R_eval of task-corrected methods (TrackStar): these very queries
     if cfg.policy == "candidates":
         retriever.check_candidates(cfg.candidates)
     t0 = time.perf_counter()
@@ -194,6 +197,8 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
                 "n_queries": len(queries), "n_queries_without_proponents": n_dropped,
                 "n_unknown_proponents": n_unknown, "n_documents": store.n_documents,
                 "seconds": round(time.perf_counter() - t0, 1)}
+    if task:
+        settings["task_corrections"] = task
     details["queries"] = {q.query_id: {"prompt": q.prompt, "target": q.target, "relation": q.relation,
                                        "proponents": list(q.proponents)} for q in queries}
     details["documents"] = _shown_documents(retriever, details)

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queries", type=int, help="use at most N queries")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over queries")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--params", default="", help='method parameters as JSON, e.g. \'{"tracin_cos": {"task_lambda": 0.5}}\' '
+                                                "(recorded in the report)")
     p.add_argument("--out", help="write lds.json and lds.md into this directory")
     p.set_defaults(func=run)
 
@@ -46,8 +48,14 @@ def run(args: argparse.Namespace) -> int:
                         methods=tuple(m for m in args.methods.split(",") if m))
     except ValueError as exc:
         raise DataError(str(exc)) from None
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--params is not JSON: {exc}") from None
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise DataError('--params must map method names to objects, e.g. {"influence": {"damping": 0.01}}')
     report = run_lds(args.index, queries, args.run, args.cache, cfg,
-                     on_progress=lambda d, t, stage: print(f"  {stage} {d}/{t}", flush=True))
+                     on_progress=lambda d, t, stage: print(f"  {stage} {d}/{t}", flush=True), method_params=params)
     table = format_table(report)
     print(table)
     c = report["cost"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from tracer.lds.benchmark import LdsConfig, attribution_scores, format_table, run_lds
+from tracer.lds.benchmark import (LdsConfig, SubsetData, attribution_scores, format_table, method_lds, run_lds,
+                                  subset_data)
 from tracer.lds.score import lds, lds_per_query, sample_subsets, spearman_rows, subset_sums, summarize_lds
 
-__all__ = ["LdsConfig", "attribution_scores", "format_table", "lds", "lds_per_query", "run_lds",
+__all__ = ["LdsConfig", "SubsetData", "attribution_scores", "format_table", "lds", "lds_per_query", "method_lds",
+           "run_lds", "subset_data",
            "sample_subsets", "spearman_rows", "subset_sums", "summarize_lds"]

@@ -74,10 +74,15 @@ def attribution_scores(retriever: Any, pairs: Sequence[tuple[str, str]], methods
         ``{method: (n_queries, n_docs) float64}`` (row order = index rows) and the seconds each
         method spent scoring (featurizing is shared and reported as ``"featurize"``).
     """
+    from tracer.methods.task import fit_task_corrections
+
     n = retriever.store.n_documents
     every = np.arange(n, dtype=np.int64)
     out = {m: np.zeros((len(pairs), n)) for m in methods}
     secs = {m: 0.0 for m in (*methods, "featurize")}
+    t0 = time.perf_counter()
+    fit_task_corrections(retriever, pairs, methods, batch_size)  # R_eval of task-corrected methods: these queries
+    secs["featurize"] += time.perf_counter() - t0
     for s in range(0, len(pairs), batch_size):
         t0 = time.perf_counter()
         feats = retriever.features(list(pairs[s:s + batch_size]), methods, "full")
@@ -102,31 +107,26 @@ def proponent_scores(queries: Sequence[Query], doc_ids: Sequence[str]) -> np.nda
     return out
 
 
-def run_lds(index_dir: str | Path, queries: Sequence[Query], run_dir: str | Path, cache_dir: str | Path,
-            cfg: LdsConfig = LdsConfig(), recipe: Any = None,
-            on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """The LDS of every method of an index (see the module docstring).
+@dataclass
+class SubsetData:
+    """What every method's LDS is measured against: the subsets and each query's loss under each model."""
 
-    Args:
-        index_dir: An index built from ``run_dir``'s checkpoints.
-        queries: The queries (target losses are measured on their ``(prompt, target)``).
-        run_dir: The full-corpus ``tracer train`` run: its ``train_config.json`` is the recipe and
-            its ``tokenizer/`` the tokenizer of every subset model.
-        cache_dir: Where subset models are cached.
-        cfg: Subsets, methods, bootstrap.
-        recipe: A :class:`~tracer.model.train.TrainConfig` overriding the run's recipe.
-        on_progress: ``(done, total, stage)``.
+    store: Any  # the IndexStore
+    masks: np.ndarray  # (M, n_docs) bool
+    losses: np.ndarray  # (n_queries, M) float64 target losses
+    models: list[Any]  # SubsetModel per subset (train seconds, trained now)
+    family: Path  # cache directory of this corpus/recipe/tokenizer/alpha/seed
+    loss_seconds: float
 
-    Returns:
-        The report: ``settings``, ``methods`` (``{name: {"lds": {mean, lo, hi, n, n_undefined},
-        "score_seconds"}}``) and ``cost``.
-    """
+
+def subset_data(index_dir: str | Path, queries: Sequence[Query], run_dir: str | Path, cache_dir: str | Path,
+                cfg: LdsConfig = LdsConfig(), recipe: Any = None,
+                on_progress: Callable[[int, int, str], None] | None = None) -> SubsetData:
+    """Steps 1-4 of the module docstring: subsets, cached subset models (trained if missing), losses."""
     from tracer.corpus import corpus_fingerprint
-    from tracer.model.train import TRAIN_CONFIG, TrainConfig
-    from tracer.retrieval import Retriever
     from tracer.index.store import IndexStore
+    from tracer.model.train import TRAIN_CONFIG, TrainConfig
 
-    t_start = time.perf_counter()
     run = Path(run_dir)
     recipe = recipe or TrainConfig.from_dict(json.loads((run / TRAIN_CONFIG).read_text()))
     store = IndexStore.open(index_dir)
@@ -140,28 +140,74 @@ def run_lds(index_dir: str | Path, queries: Sequence[Query], run_dir: str | Path
     models = ensure_subset_models(docs, masks, recipe, run / "tokenizer", family,
                                   (lambda d, t: on_progress(d, t, "train")) if on_progress else None)
     t0 = time.perf_counter()
-    pairs = [(q.prompt, q.target) for q in queries]
-    losses = subset_losses(models, run / "tokenizer", pairs)
-    loss_s = time.perf_counter() - t0
-    retriever = Retriever(store)
+    losses = subset_losses(models, run / "tokenizer", [(q.prompt, q.target) for q in queries])
+    return SubsetData(store, masks, losses, list(models), family, time.perf_counter() - t0)
+
+
+def method_lds(data: SubsetData, queries: Sequence[Query], cfg: LdsConfig = LdsConfig(),
+               method_params: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step 5-6: every method's LDS (with ``method_params``), plus the proponents reference row.
+
+    Returns:
+        ``({name: {"lds", "score_seconds"}}, extra settings: methods, task corrections, featurize seconds)``.
+    """
+    from tracer.retrieval import Retriever
+
+    retriever = Retriever(data.store, method_params=method_params)
     methods = list(cfg.methods) or retriever.available_methods()
-    scores, score_s = attribution_scores(retriever, pairs, methods, cfg.batch_size)
-    retriever.close()
+    pairs = [(q.prompt, q.target) for q in queries]
+    try:
+        scores, score_s = attribution_scores(retriever, pairs, methods, cfg.batch_size)
+        task = {m: retriever.method(m).task_info() for m in methods
+                if getattr(retriever.method(m), "wants_task_fit", False)}
+    finally:
+        retriever.close()
     if any(q.proponents for q in queries):
-        scores[PROPONENTS] = proponent_scores(queries, store.doc_ids)
-    report_methods = {m: {"lds": lds(s, masks, losses, cfg.n_boot, cfg.seed, m),
-                          "score_seconds": round(score_s.get(m, 0.0), 2)} for m, s in scores.items()}
+        scores[PROPONENTS] = proponent_scores(queries, data.store.doc_ids)
+    report = {m: {"lds": lds(s, data.masks, data.losses, cfg.n_boot, cfg.seed, m),
+                  "score_seconds": round(score_s.get(m, 0.0), 2)} for m, s in scores.items()}
+    extra = {"methods": methods, "method_params": method_params or {}, "task_corrections": task,
+             "featurize_seconds": round(score_s["featurize"], 2)}
+    return report, extra
+
+
+def run_lds(index_dir: str | Path, queries: Sequence[Query], run_dir: str | Path, cache_dir: str | Path,
+            cfg: LdsConfig = LdsConfig(), recipe: Any = None,
+            on_progress: Callable[[int, int, str], None] | None = None,
+            method_params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The LDS of every method of an index (see the module docstring).
+
+    Args:
+        index_dir: An index built from ``run_dir``'s checkpoints.
+        queries: The queries (target losses are measured on their ``(prompt, target)``).
+        run_dir: The full-corpus ``tracer train`` run: its ``train_config.json`` is the recipe and
+            its ``tokenizer/`` the tokenizer of every subset model.
+        cache_dir: Where subset models are cached.
+        cfg: Subsets, methods, bootstrap.
+        recipe: A :class:`~tracer.model.train.TrainConfig` overriding the run's recipe.
+        on_progress: ``(done, total, stage)``.
+        method_params: Per-method parameters, e.g. ``{"tracin_cos": {"task_lambda": 0.5}}`` (recorded).
+
+    Returns:
+        The report: ``settings``, ``methods`` (``{name: {"lds": {mean, lo, hi, n, n_undefined},
+        "score_seconds"}}``) and ``cost``.
+    """
+    t_start = time.perf_counter()
+    data = subset_data(index_dir, queries, run_dir, cache_dir, cfg, recipe, on_progress)
+    report_methods, extra = method_lds(data, queries, cfg, method_params)
+    store, models = data.store, data.models
     trained = [m.train_seconds for m in models]
     cost = {"train_seconds_per_model": round(float(np.mean(trained)), 2),
             "train_seconds_total": round(float(np.sum(trained)), 1),
             "models_trained_now": sum(m.trained_now for m in models),
-            "loss_seconds": round(loss_s, 2), "featurize_seconds": round(score_s["featurize"], 2),
+            "loss_seconds": round(data.loss_seconds, 2), "featurize_seconds": extra.pop("featurize_seconds"),
             "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    settings = {**asdict(cfg), "methods": methods, "index": str(index_dir),
+    key = json.loads((data.family / KEY_FILE).read_text())
+    settings = {**asdict(cfg), **extra, "index": str(index_dir),
                 "index_fingerprint": store.fingerprint,
-                "n_documents": len(docs), "n_queries": len(queries), "subset_size": int(masks[0].sum()),
-                "cache": str(family), "recipe": key["recipe"],
-                "loss_std_over_subsets": round(float(losses.std(axis=1).mean()), 4),
+                "n_documents": store.n_documents, "n_queries": len(queries), "subset_size": int(data.masks[0].sum()),
+                "cache": str(data.family), "recipe": key["recipe"],
+                "loss_std_over_subsets": round(float(data.losses.std(axis=1).mean()), 4),
                 "convention": "Spearman(sum of scores over the subset, -target loss) per query; "
                               "undefined (constant) = 0; mean over queries, 95% bootstrap CI"}
     return {"title": f"LDS on {store.name}", "settings": settings, "methods": report_methods, "cost": cost}
