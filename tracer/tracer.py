@@ -42,6 +42,7 @@ class Tracer:
         self.store = retriever.store
         self._verifier: Any = None
         self._verifier_lock = threading.Lock()
+        self._calibration: Any = None  # None: not looked for yet; False: the index has none
 
     @classmethod
     def open(cls, index_dir: str | Path, *, verify: bool = False, checkpoint_dirs: Sequence[str | Path] | None = None,
@@ -129,7 +130,7 @@ class Tracer:
     def trace(self, prompt: str | Query, target: str | None = None, *, method: str = "tracin",
               candidates: str = "bm25", k: int = 10, num_candidates: int = 100, include_text: bool = False,
               deadline: float | None = None, query_id: str = "", cancelled: Callable[[], bool] | None = None,
-              opponents: int = 0, stability: bool | None = None) -> TraceResult:
+              opponents: int = 0, stability: bool | None = None, budget_ms: float | None = None) -> TraceResult:
         """Rank training examples by how much they support ``target`` after ``prompt``.
 
         Args:
@@ -146,6 +147,9 @@ class Tracer:
             cancelled: Polled like the deadline; once it returns True the call raises ``CancelledError``.
             opponents: Also return this many *opponents*: the lowest-scored of the ranked rows (the
                 candidates, or the whole corpus with ``candidates="full"``), most negative first.
+            budget_ms: With ``candidates="auto"``: the latency budget; the cascade (source and size,
+                or a full scan) with the highest recall ceiling whose estimated latency fits is used
+                (needs the index's calibration, :meth:`calibrate`).
             stability: Give each hit its per-checkpoint scores, top-k fraction, ``stable`` flag and
                 interval (gradient methods over several checkpoints). ``None`` (default): on, except
                 with ``candidates="full"``, where it costs a second scan of the corpus.
@@ -154,6 +158,7 @@ class Tracer:
             InvalidRequestError, IndexNotReadyError, DeadlineExceededError, CancelledError.
         """
         q = self._as_query(prompt, target, query_id)
+        candidates, num_candidates, plan = self._plan(candidates, num_candidates, budget_ms)
         self._validate(q.prompt, q.target, method, candidates, k, num_candidates)
         self._check_opponents(opponents)
         t0 = time.perf_counter()
@@ -162,7 +167,64 @@ class Tracer:
                                     opponents=opponents)
         st = self._stability(r, method, candidates, k, stability, deadline, cancelled)
         r.timings_ms["total_ms"] = (time.perf_counter() - t0) * 1e3
-        return self._result(q, method, candidates, r, include_text, r.timings_ms, st)
+        res = self._result(q, method, candidates, r, include_text, r.timings_ms, st)
+        return self._with_ceiling(res, candidates, num_candidates, plan)
+
+    # --- cascades
+    @property
+    def calibration(self) -> Any:
+        """The index's :class:`tracer.cascade.Calibration` (``None`` when it has none)."""
+        from tracer import cascade
+
+        if self._calibration is None:
+            self._calibration = cascade.load(self.store.root, self.fingerprint) or False
+        return self._calibration or None
+
+    def calibrate(self, queries: Sequence[Query] | None = None, *, method: str = "tracin", save: bool = True,
+                  **kw: Any) -> Any:
+        """Measure the index's recall ceilings and stage costs (:func:`tracer.cascade.calibrate`) on
+        held-out ``queries`` (else corpus pseudo-queries), and keep them beside the index."""
+        from tracer import cascade
+
+        cal = cascade.calibrate(self, queries, method=method, **kw)
+        if save:
+            cascade.save(cal, self.store.root)
+        self._calibration = cal
+        return cal
+
+    def _plan(self, candidates: str, num_candidates: int, budget_ms: float | None) -> tuple[str, int, Any]:
+        """``candidates="auto"``: the source and size :func:`tracer.cascade.choose` picks for the budget."""
+        from tracer import cascade
+        from tracer.errors import IndexNotReadyError
+
+        if candidates != "auto":
+            if budget_ms is not None:
+                raise InvalidRequestError('budget_ms applies to candidates="auto"')
+            return candidates, num_candidates, None
+        if budget_ms is None:
+            raise InvalidRequestError('candidates="auto" needs budget_ms (a latency budget in ms)')
+        cal = self.calibration
+        if cal is None:
+            raise IndexNotReadyError(f"index {self.name!r} has no calibration for candidates='auto': run "
+                                     "`tracer calibrate --index DIR` (or Tracer.calibrate())")
+        opt, fits = cascade.choose(cal, float(budget_ms))
+        plan = {"budget_ms": float(budget_ms), "source": opt.source, "num_candidates": opt.n,
+                "est_ms": round(opt.est_ms, 2), "fits_budget": fits}
+        return opt.source, max(opt.n, 1), plan
+
+    def _with_ceiling(self, res: TraceResult, candidates: str, n: int, plan: Any) -> TraceResult:
+        import dataclasses
+
+        from tracer.errors import IndexMismatchError
+
+        try:
+            cal = self.calibration
+        except IndexMismatchError:  # a stale calibration fails "auto" loudly, never a plain query
+            cal = None
+        ceiling = cal.ceiling(candidates, n) if cal is not None else None
+        if ceiling is None and plan is None:
+            return res
+        return dataclasses.replace(res, recall_ceiling=ceiling, cascade=plan)
 
     def _stability(self, r: Any, method: str, candidates: str, k: int, stability: bool | None,
                    deadline: float | None, cancelled: Callable[[], bool] | None) -> Any:

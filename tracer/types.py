@@ -114,6 +114,10 @@ class TraceResult:
         n_candidates: How many candidates were reranked.
         opponents: The lowest-scored of the ranked rows, most negative first (only when requested):
             examples whose training step would most *lower* the target's probability.
+        recall_ceiling: Estimated share of facts whose proponents the candidate stage can reach at
+            all (from the index's calibration; ``None`` when it has none).
+        cascade: With ``candidates="auto"``: the budget, the chosen source and size, their
+            estimated latency, and whether they fit the budget.
     """
 
     query: Query
@@ -124,6 +128,8 @@ class TraceResult:
     index_fingerprint: str = ""
     n_candidates: int = 0
     opponents: tuple[Hit, ...] = ()
+    recall_ceiling: float | None = None
+    cascade: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -137,6 +143,10 @@ class TraceResult:
         }
         if self.opponents:
             d["opponents"] = [asdict(h) for h in self.opponents]
+        if self.recall_ceiling is not None:
+            d["recall_ceiling"] = self.recall_ceiling
+        if self.cascade is not None:
+            d["cascade"] = dict(self.cascade)
         return d
 
     def to_pandas(self) -> Any:

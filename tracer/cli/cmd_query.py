@@ -37,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tracin, tracin_cos, influence, trak, embedding, bm25 or random "
                         "(default: tracin if built, else bm25)")
     p.add_argument("--candidates", default=None,
-                   help="bm25, embedding, gradient, union or full (default: bm25)")
+                   help="bm25, embedding, gradient, union, full, or auto (with --budget-ms; needs "
+                        "`tracer calibrate`) (default: bm25)")
+    p.add_argument("--budget-ms", type=float, default=None, metavar="MS",
+                   help="with --candidates auto: latency budget; the cascade with the best recall ceiling that fits")
     p.add_argument("-k", type=int, default=10, help="hits to show")
     p.add_argument("--num-candidates", type=int, default=100, metavar="N", help="candidates to rerank")
     p.add_argument("--include-text", action="store_true", help="show each hit's text")
@@ -76,7 +79,8 @@ def _local(args: argparse.Namespace) -> TraceResult:
         method = args.method or next((m for m in ("tracin", "bm25") if m in methods), "bm25")
         return t.trace(args.prompt, args.target, method=method, candidates=args.candidates or "bm25",
                        k=args.k, num_candidates=args.num_candidates, include_text=args.include_text,
-                       deadline=time.monotonic() + args.timeout, opponents=args.opponents)
+                       deadline=time.monotonic() + args.timeout, opponents=args.opponents,
+                       budget_ms=args.budget_ms)
     finally:
         t.close()
 
@@ -89,6 +93,12 @@ def format_table(result: TraceResult) -> str:
         timing += "; top-k in: checkpoints whose own top-k holds the hit, ✓ = all (stable)"
     header = (f"{q.prompt!r} -> {q.target!r}: {result.method} over {result.n_candidates} "
               f"{result.candidates} candidates (index {result.index_fingerprint[:12]}; {timing})")
+    if result.recall_ceiling is not None:
+        header += f"\nrecall ceiling of the candidate stage: {result.recall_ceiling:.3f}"
+    if result.cascade is not None:
+        c = result.cascade
+        header += (f"\ncascade for a {c['budget_ms']:g} ms budget: {c['source']}@{c['num_candidates']} "
+                   f"(est. {c['est_ms']:.0f} ms{'' if c['fits_budget'] else '; nothing fits: the cheapest'})")
     lines = [header]
     width = max([len(h.doc_id) for h in result.hits + result.opponents] + [6])
     for title, hits in (("", result.hits), ("opponents (lowest scores first)", result.opponents)):
@@ -120,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.checkpoint_dir or args.tokenizer) and not args.index_dir:
         raise DataError("query: --checkpoint-dir and --tokenizer apply to --index-dir (a server takes them at "
                         "`tracer serve`)")
+    if args.budget_ms is not None and not args.index_dir:
+        raise DataError("query: --budget-ms (candidates auto) is available with --index-dir")
     if args.opponents and not args.index_dir:
         raise DataError("query: --opponents is available with --index-dir (the gRPC API does not carry them yet)")
     if args.verify and not args.index_dir:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from tracer.errors import TracerError
 
-COMMANDS = ("synth", "train", "build", "add", "info", "eval", "lds", "serve", "query", "verify", "ui", "demo", "bench")
+COMMANDS = ("synth", "train", "build", "add", "info", "eval", "lds", "serve", "query", "verify", "calibrate", "ui", "demo", "bench")
 
 
 NOISY_LOGGERS = ("faiss", "faiss.loader", "bm25s", "urllib3", "filelock", "httpx", "datasets")

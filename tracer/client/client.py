@@ -113,6 +113,7 @@ def _trace_result(msg: pb.TraceResponse) -> TraceResult:
         timings_ms=dict(msg.timings_ms),
         index_fingerprint=msg.index_fingerprint,
         n_candidates=msg.num_candidates,
+        recall_ceiling=msg.recall_ceiling if msg.HasField("recall_ceiling") else None,
     )
 
 
@@ -189,7 +190,8 @@ class TracerClient:
     # --- tracing
     def trace(self, prompt: str, target: str, *, method: str | None = None, candidates: str | None = None,
               k: int = 10, num_candidates: int = 0, include_text: bool = False, query_id: str = "",
-              index: str | None = None, timeout: float | None = None) -> TraceResult:
+              index: str | None = None, timeout: float | None = None,
+              budget_ms: float | None = None) -> TraceResult:
         """Trace one fact; like ``Tracer.trace``, with ``None``/0 meaning the server's default.
 
         Raises:
@@ -199,7 +201,7 @@ class TracerClient:
                               method=_enum(pb.Method, method),
                               candidates=_enum(pb.CandidateSource, candidates),
                               top_k=k, num_candidates=num_candidates, include_text=include_text,
-                              query_id=query_id)
+                              query_id=query_id, budget_ms=budget_ms)
         return _trace_result(self._call(self._stub.Trace, req, timeout))
 
     def batch_trace(self, queries: Sequence[Query | tuple[str, str]], *, method: str | None = None,

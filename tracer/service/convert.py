@@ -130,6 +130,7 @@ def trace_response(result: TraceResult, index: str, *, include_text: bool,
         hits=[_hit(h, max_text_chars, include_text) for h in result.hits],
         timings_ms={str(k): float(v) for k, v in result.timings_ms.items()},
         num_candidates=int(result.n_candidates),
+        recall_ceiling=result.recall_ceiling,
     )
 
 

@@ -206,6 +206,8 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
             "num_candidates": _bounded(request.num_candidates, "num_candidates", cfg.default_num_candidates,
                                        cfg.max_num_candidates),
             "include_text": bool(request.include_text),
+            **({"budget_ms": request.budget_ms} if getattr(request, "budget_ms", None) is not None
+               and request.HasField("budget_ms") else {}),
         }
 
     def _respond(self, result: Any, entry: IndexEntry, include_text: bool) -> pb.TraceResponse:

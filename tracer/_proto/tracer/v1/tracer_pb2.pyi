@@ -26,6 +26,7 @@ class CandidateSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANDIDATE_SOURCE_GRADIENT: _ClassVar[CandidateSource]
     CANDIDATE_SOURCE_UNION: _ClassVar[CandidateSource]
     CANDIDATE_SOURCE_FULL: _ClassVar[CandidateSource]
+    CANDIDATE_SOURCE_AUTO: _ClassVar[CandidateSource]
 
 class EvaluatePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,13 +48,14 @@ CANDIDATE_SOURCE_EMBEDDING: CandidateSource
 CANDIDATE_SOURCE_GRADIENT: CandidateSource
 CANDIDATE_SOURCE_UNION: CandidateSource
 CANDIDATE_SOURCE_FULL: CandidateSource
+CANDIDATE_SOURCE_AUTO: CandidateSource
 EVALUATE_POLICY_UNSPECIFIED: EvaluatePolicy
 EVALUATE_POLICY_CANDIDATES: EvaluatePolicy
 EVALUATE_POLICY_FTRACE: EvaluatePolicy
 EVALUATE_POLICY_FULL: EvaluatePolicy
 
 class TraceRequest(_message.Message):
-    __slots__ = ("index", "prompt", "target", "method", "candidates", "top_k", "num_candidates", "include_text", "query_id")
+    __slots__ = ("index", "prompt", "target", "method", "candidates", "top_k", "num_candidates", "include_text", "query_id", "budget_ms")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +65,7 @@ class TraceRequest(_message.Message):
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     index: str
     prompt: str
     target: str
@@ -72,7 +75,8 @@ class TraceRequest(_message.Message):
     num_candidates: int
     include_text: bool
     query_id: str
-    def __init__(self, index: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., candidates: _Optional[_Union[CandidateSource, str]] = ..., top_k: _Optional[int] = ..., num_candidates: _Optional[int] = ..., include_text: _Optional[bool] = ..., query_id: _Optional[str] = ...) -> None: ...
+    budget_ms: float
+    def __init__(self, index: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., candidates: _Optional[_Union[CandidateSource, str]] = ..., top_k: _Optional[int] = ..., num_candidates: _Optional[int] = ..., include_text: _Optional[bool] = ..., query_id: _Optional[str] = ..., budget_ms: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("example_id", "rank", "score", "text", "text_truncated", "checkpoint_scores", "topk_fraction", "stable", "score_low", "score_high")
@@ -99,7 +103,7 @@ class Hit(_message.Message):
     def __init__(self, example_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., text_truncated: _Optional[bool] = ..., checkpoint_scores: _Optional[_Iterable[float]] = ..., topk_fraction: _Optional[float] = ..., stable: _Optional[bool] = ..., score_low: _Optional[float] = ..., score_high: _Optional[float] = ...) -> None: ...
 
 class TraceResponse(_message.Message):
-    __slots__ = ("query_id", "prompt", "target", "index", "index_fingerprint", "method", "candidates", "hits", "timings_ms", "num_candidates")
+    __slots__ = ("query_id", "prompt", "target", "index", "index_fingerprint", "method", "candidates", "hits", "timings_ms", "num_candidates", "recall_ceiling")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +121,7 @@ class TraceResponse(_message.Message):
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    RECALL_CEILING_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     prompt: str
     target: str
@@ -127,7 +132,8 @@ class TraceResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timings_ms: _containers.ScalarMap[str, float]
     num_candidates: int
-    def __init__(self, query_id: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., index: _Optional[str] = ..., index_fingerprint: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., candidates: _Optional[_Union[CandidateSource, str]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., num_candidates: _Optional[int] = ...) -> None: ...
+    recall_ceiling: float
+    def __init__(self, query_id: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., index: _Optional[str] = ..., index_fingerprint: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., candidates: _Optional[_Union[CandidateSource, str]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., num_candidates: _Optional[int] = ..., recall_ceiling: _Optional[float] = ...) -> None: ...
 
 class TraceQuery(_message.Message):
     __slots__ = ("query_id", "prompt", "target")
