@@ -71,7 +71,7 @@ h1{margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #dde;padding-b
 .sub{color:#556;margin-top:0}table{border-collapse:collapse;margin:.8em 0}
 th,td{border:1px solid #d5d9e0;padding:3px 8px;text-align:right;vertical-align:top}
 th{background:#f2f4f7}th:first-child,td:first-child{text-align:left}
-#summary td,#paired td{white-space:nowrap}td.best{font-weight:700;background:#e6f4ea}td.sig{font-weight:700}
+#summary,#paired{font-size:.9em}#summary td,#paired td{white-space:nowrap}.ci{font-size:.8em;color:#556}td.best{font-weight:700;background:#e6f4ea}td.sig{font-weight:700}
 .explain dt{font-weight:600;float:left;clear:left;width:9em}.explain dd{margin-left:10em;margin-bottom:.3em}
 img{max-width:100%;display:block;margin:.6em 0}.note{color:#556;font-size:.9em}
 code{background:#f2f4f7;padding:0 .2em}
@@ -114,6 +114,12 @@ def _ci(stat: Mapping[str, float] | None) -> str:
     return f"{stat['mean']:.3f} [{stat['lo']:.2f}, {stat['hi']:.2f}]"
 
 
+def _ci_html(stat: Mapping[str, float] | None) -> str:
+    if not stat:
+        return MISSING
+    return f"{stat['mean']:.3f} <span class=\"ci\">[{stat['lo']:.2f}, {stat['hi']:.2f}]</span>"
+
+
 def summary_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     """The summary table, the best mean of each metric column marked ★ (ties all marked)."""
     cols = [(h, k) for h, k in SUMMARY_COLUMNS
@@ -134,7 +140,7 @@ def summary_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
         for _, k in cols:
             s = stat(res, k)
             is_best = s is not None and best[k] is not None and abs(s["mean"] - best[k]) < 1e-12
-            cells.append(f'<td class="best">★ {_ci(s)}</td>' if is_best else f"<td>{_ci(s)}</td>")
+            cells.append(f'<td class="best">★ {_ci_html(s)}</td>' if is_best else f"<td>{_ci_html(s)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -144,7 +150,7 @@ def _paired_section(methods: Mapping[str, Any], per_query: Mapping[str, Any], se
     metrics = [(h, k) for h, k in PAIRED_METRICS if any(k in row for rows in per_query.values()
                                                          for row in rows.values())]
     tests = {k: pairwise(per_query, k, ref, n_resamples=PAIRED_RESAMPLES, seed=seed) for _, k in metrics}
-    head = "".join(f"<th>{html.escape(h)}: Δ [95% CI] · p · W/T/L</th>" for h, _ in metrics)
+    head = "".join(f"<th>{html.escape(h)}<br>Δ [95% CI] · p · W/T/L</th>" for h, _ in metrics)
     rows = []
     for m in per_query:
         if m == ref:
@@ -156,8 +162,8 @@ def _paired_section(methods: Mapping[str, Any], per_query: Mapping[str, Any], se
                 cells.append(f"<td>{MISSING}</td>")
                 continue
             sig = ' class="sig"' if t["p_value"] < SIGNIFICANCE else ""
-            cells.append(f"<td{sig}>{t['mean_diff']:+.3f} [{t['lo']:+.2f}, {t['hi']:+.2f}] · "
-                         f"p={t['p_value']:.3g} · {t['wins']}/{t['ties']}/{t['losses']}</td>")
+            cells.append(f"<td{sig}>{t['mean_diff']:+.3f} <span class=\"ci\">[{t['lo']:+.2f}, {t['hi']:+.2f}]</span>"
+                         f"<br>p={t['p_value']:.3g} · {t['wins']}/{t['ties']}/{t['losses']}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (f"<h2>Paired tests against {html.escape(ref)} (best MRR)</h2>"
             f'<p class="note">Per query, the method\'s value minus {html.escape(ref)}\'s. Δ: mean difference with '
