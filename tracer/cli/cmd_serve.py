@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-workers", type=int, default=None, metavar="N", help="handler threads (default: N)")
     p.add_argument("--max-top-k", type=int, default=1000, metavar="K", help="largest top_k accepted")
     p.add_argument("--max-batch", type=int, default=256, metavar="N", help="most queries per BatchTrace")
+    p.add_argument("--max-verify", type=int, default=32, metavar="N",
+                   help="most examples (asked + random) per Verify (the causal check)")
     p.add_argument("--grace", type=float, default=float(_env("GRACE_S", 10.0)), metavar="S",
                    help="seconds in-flight calls get to finish on SIGTERM")
     p.add_argument("--verify", action="store_true", help="verify index checksums while loading")
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                             tls_cert=args.tls_cert, tls_key=args.tls_key,
                             max_concurrent_rpcs=args.max_concurrent,
                             max_workers=args.max_workers or args.max_concurrent, max_top_k=args.max_top_k,
-                            max_batch=args.max_batch, grace_s=args.grace,
+                            max_batch=args.max_batch, max_verify=args.max_verify, grace_s=args.grace,
                             reflection=args.reflection)
     except ValueError as exc:
         raise DataError(f"invalid server settings: {exc}") from exc
