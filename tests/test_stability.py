@@ -88,3 +88,22 @@ def test_rank_matched_difference_by_hand():
     assert mod.rank_matched_difference(x)[0] == 0.0
     s = mod.summarize(x, n_boot=50)
     assert s["hits"] == 5 and s["stable_share"] == 0.8
+
+
+def test_side_by_side_marks_the_overlap(tiny_index, tiny_bench):
+    from tracer import Tracer
+    from tracer.errors import InvalidRequestError
+
+    q = tiny_bench.queries[0]
+    with Tracer.open(tiny_index) as t:
+        sbs = t.side_by_side(q.prompt, q.target, k=8)
+        ev = t.trace(q.prompt, q.target, method="bm25", k=8)
+        inf = t.trace(q.prompt, q.target, method="tracin_cos", k=8)
+        with pytest.raises(InvalidRequestError, match="a text method"):
+            t.side_by_side(q.prompt, q.target, evidence="tracin")
+        with pytest.raises(InvalidRequestError, match="a gradient method"):
+            t.side_by_side(q.prompt, q.target, influence="bm25")
+    assert [h.doc_id for h in sbs.evidence.hits] == [h.doc_id for h in ev.hits]
+    assert [h.doc_id for h in sbs.influence.hits] == [h.doc_id for h in inf.hits]
+    assert sbs.overlap == tuple(h.doc_id for h in inf.hits if h.doc_id in {e.doc_id for e in ev.hits})
+    assert sbs.to_dict()["overlap"] == list(sbs.overlap)

@@ -22,7 +22,7 @@ from tracer.index.store import IndexStore
 from tracer.methods.base import Method, QueryFeatures
 from tracer.methods.registry import method_class
 from tracer.retrieval import Retriever
-from tracer.types import Document, Hit, Query, TraceResult
+from tracer.types import Document, Hit, Query, SideBySide, TraceResult
 
 TEXT_PREVIEW = 300  # characters of document text returned with a hit
 
@@ -292,6 +292,19 @@ class Tracer:
         sts = [self._stability(r, method, candidates, k, stability, deadline, cancelled) for r in rs]
         return [self._result(q, method, candidates, r, include_text, {**r.timings_ms, "total_ms": total}, st)
                 for q, r, st in zip(queries, rs, sts)]
+
+    def side_by_side(self, prompt: str | Query, target: str | None = None, *, evidence: str = "bm25",
+                     influence: str = "tracin_cos", k: int = 10, **kw: Any) -> SideBySide:
+        """Evidence (a text method's hits) and influence (a gradient method's hits) for one fact, with the
+        documents in both marked (``overlap``). Other keyword arguments go to :meth:`trace` for both."""
+        if "grads" in method_class(evidence).needs:
+            raise InvalidRequestError(f"evidence={evidence!r}: a text method (bm25, embedding), not a gradient one")
+        if "grads" not in method_class(influence).needs:
+            raise InvalidRequestError(f"influence={influence!r}: a gradient method (tracin, tracin_cos, influence)")
+        ev = self.trace(prompt, target, method=evidence, k=k, **kw)
+        inf = self.trace(prompt, target, method=influence, k=k, **kw)
+        seen = {h.doc_id for h in ev.hits}
+        return SideBySide(ev, inf, tuple(h.doc_id for h in inf.hits if h.doc_id in seen))
 
     def verify(self, prompt: str, target: str, example_ids: Sequence[str], *, checkpoint: int = 0,
                lr: float = 1e-2, n_random: int = 3, seed: int = 0, max_examples: int = 32,

@@ -181,3 +181,22 @@ class TraceResult:
             f"<div><b>{head}</b> <i>({escape(self.method)} over {escape(self.candidates)} candidates)</i>"
             f"<table><tr><th>rank</th><th>doc_id</th><th>score</th><th>text</th></tr>{rows}</table></div>"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SideBySide:
+    """Evidence and influence for one fact, side by side (:meth:`tracer.Tracer.side_by_side`).
+
+    Attributes:
+        evidence: Hits of a method that reads text (``bm25`` or ``embedding``): documents that *say* it.
+        influence: Hits of a gradient method: documents whose training step *moves the model* toward it.
+        overlap: Doc ids in both lists, in the influence list's order.
+    """
+
+    evidence: TraceResult
+    influence: TraceResult
+    overlap: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"evidence": self.evidence.to_dict(), "influence": self.influence.to_dict(),
+                "overlap": list(self.overlap)}
