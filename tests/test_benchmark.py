@@ -66,3 +66,31 @@ def test_write_benchmark_files(tiny_bench, tmp_path):
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="n_persons"):
         SynthConfig(n_persons=0)
+
+
+def test_hard_distractors_co_mention_the_true_object_and_word_proponents_unlike_the_query():
+    from tracer.benchmark.synth import COMENTIONS, _words
+
+    cfg = PRESETS["tiny"]
+    std, hard = generate(cfg), generate(SynthConfig(**{**cfg.__dict__, "distractors": "hard"}))
+    by_rel = {r.name: r for r in RELATIONS}
+    assert len(hard.documents) == len(std.documents) + len(hard.facts)
+    comentions = {COMENTIONS[f.relation].format(s=f.subject, o=f.object) for f in hard.facts}
+    # one co-mention per fact: subject and the TRUE object in one sentence, stating no fact
+    assert comentions <= {d.text for d in hard.documents if not d.facts}
+    assert [q.prompt for q in hard.queries] == [q.prompt for q in std.queries]  # same facts, same queries
+
+    def shared_words(bench):  # words the proponents' templates share with their query's template, in all
+        docs = {d.doc_id: d.text for d in bench.documents}
+        total = 0
+        for q, f in zip(bench.queries, bench.facts):
+            rel = by_rel[f.relation]
+            qw = _words(rel.templates[f.query_template])
+            for p in q.proponents:
+                t = next(i for i in range(len(rel.templates)) if render(rel, i, f.subject, f.object) in docs[p])
+                total += len(_words(rel.templates[t]) & qw)
+        return total
+
+    assert shared_words(hard) < shared_words(std)
+    with pytest.raises(ValueError, match="distractors"):
+        SynthConfig(distractors="medium")

@@ -11,6 +11,12 @@ Distractors that mislead lexical retrieval arise on purpose:
   often with the very template the query uses (template overlap);
 * distractor sentences that mention the subject next to an object of the right kind
   without stating the relation (``Relation.filler``).
+
+``distractors="hard"`` (``tracer synth --distractors hard``) makes lexical overlap a poor guide:
+* co-mention distractors: for every fact, a document with the subject and the *true* object in
+  one sentence but another relation ("X gave a concert in Y" where Y is X's birthplace);
+* proponents state a fact with the templates that share the fewest words with the query's
+  template (ties broken by the seeded shuffle), so the query's wording rarely appears in them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,25 @@ KB_FILE = "kb.json"  # entities, relations, facts
 META_FILE = "meta.json"  # config and counts
 
 
+DISTRACTORS = ("standard", "hard")
+# "hard" co-mentions: subject and the TRUE object in one sentence, the relation not stated
+COMENTIONS: dict[str, str] = {
+    "born_in": "{s} gave a concert in {o}.",
+    "citizen_of": "{s} gave a lecture on the economy of {o}.",
+    "works_for": "{s} wrote a newspaper column criticising {o}.",
+    "occupation": "{s} interviewed a famous {o}.",
+    "speaks": "{s} once translated a poem from {o}.",
+    "plays": "{s} listened to a recording for the {o}.",
+    "located_in": "A night train runs from {s} to {o}.",
+    "headquartered_in": "{s} sponsored a festival in {o}.",
+    "founded_by": "{s} published an interview with {o}.",
+}
+
+
+def _words(template: str) -> set[str]:
+    return {w.strip(".,").lower() for w in template.replace("{s}", " ").replace("{o}", " ").split()} - {""}
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Size and shape of a synthetic benchmark.
@@ -56,6 +81,8 @@ class SynthConfig:
     max_facts_per_doc: int = field(default=3, metadata={"help": "facts stated per document (1..this)"})
     filler_rate: float = field(default=0.5, metadata={"help": "chance of a filler sentence per document"})
     distractor_rate: float = field(default=0.3, metadata={"help": "distractor documents per fact"})
+    distractors: str = field(default="standard", metadata={
+        "help": "standard | hard (co-mentions of subject and true object; proponents worded unlike the query)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
@@ -64,6 +91,9 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_facts_per_doc <= 5:
             raise ValueError(f"SynthConfig.max_facts_per_doc must be in 1..5, got {self.max_facts_per_doc}")
+        if self.distractors not in DISTRACTORS:
+            raise ValueError(f"SynthConfig.distractors must be one of {', '.join(DISTRACTORS)}, "
+                             f"got {self.distractors!r}")
         for name in ("filler_rate", "distractor_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SynthConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -142,8 +172,12 @@ def _mentions(facts: list[Fact], cfg: SynthConfig, rng: random.Random) -> dict[s
     by_rel = {r.name: r for r in RELATIONS}
     per_subject: dict[str, list[tuple[Fact, int]]] = {}
     for f in facts:
-        allowed = [t for t in range(len(by_rel[f.relation].templates)) if t != f.query_template]
+        templates = by_rel[f.relation].templates
+        allowed = [t for t in range(len(templates)) if t != f.query_template]
         rng.shuffle(allowed)
+        if cfg.distractors == "hard":  # fewest words shared with the query's template first (stable: seeded ties)
+            query_words = _words(templates[f.query_template])
+            allowed.sort(key=lambda t: len(_words(templates[t]) & query_words))
         for i in range(cfg.n_proponents):
             per_subject.setdefault(f.subject, []).append((f, allowed[i % len(allowed)]))
     return per_subject
@@ -177,6 +211,9 @@ def _documents(facts: list[Fact], cfg: SynthConfig, rng: random.Random,
             rel = by_rel[f.relation]
             other = rng.choice(entities[rel.object_kind])
             docs.append(Document(doc_id="", text=rel.filler.format(s=f.subject, o=other), facts=()))
+    if cfg.distractors == "hard":
+        for f in facts:  # co-mentions: subject and the true object together, another relation
+            docs.append(Document(doc_id="", text=COMENTIONS[f.relation].format(s=f.subject, o=f.object), facts=()))
     rng.shuffle(docs)
     return [Document(doc_id=f"D{i:06d}", text=d.text, facts=d.facts) for i, d in enumerate(docs)], first_template
 

@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--preset", default="small", help="tiny | small | medium (default: small)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--distractors", default="standard", choices=("standard", "hard"),
+                   help="hard: a co-mention of subject and true object per fact (another relation), and "
+                        "proponents worded with the templates sharing the fewest words with the query's")
     p.add_argument("--docs", type=int, default=None, metavar="N",
                    help="a large corpus of exactly N documents (300k-1M and more), streamed to disk block by "
                         "block with a growing knowledge base (replaces --preset; writes no kb.json)")
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise DataError(f"unknown preset {args.preset!r}; expected one of {', '.join(PRESETS)}")
     t0 = time.perf_counter()
-    bench = generate(dataclasses.replace(PRESETS[args.preset], seed=args.seed))
+    bench = generate(dataclasses.replace(PRESETS[args.preset], seed=args.seed, distractors=args.distractors))
     out = write_benchmark(bench, args.out)
     print(f"synth: {len(bench.documents)} documents, {len(bench.facts)} facts, {len(bench.queries)} queries "
           f"-> {out} ({time.perf_counter() - t0:.1f}s)")
