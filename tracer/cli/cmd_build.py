@@ -132,4 +132,7 @@ def _build(args: argparse.Namespace, cks: list, docs: list) -> int:
     print(f"build: {len(docs)} documents, {len(cks)} checkpoints -> {args.out} "
           f"({size / 1e6:.1f} MB, {size / len(docs):.0f} bytes/example)")
     print("  seconds per stage: " + json.dumps(m["build_seconds"]))
+    if getattr(engine, "worker_pids", None):  # a Ray build that featurized something
+        print(f"  ray: {engine.featurized} shards on {len(engine.worker_pids)} worker processes "
+              f"(Ray start and actors ready in {engine.startup_seconds:.1f}s, part of the gradients stage)")
     return 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -107,6 +108,10 @@ class ShardWorker:
         save_shard(job.root / shard_file(job.ci, s), arrays)
         return s, os.getpid()
 
+    def ready(self) -> int:
+        """This worker's pid, once its constructor has run."""
+        return os.getpid()
+
 
 def _die_once(marker: Path) -> None:
     if not marker.exists():
@@ -134,6 +139,7 @@ class RayEngine:
         self._started_ray = False
         self.featurized = 0  # shards featurized by the actors (not reused from files)
         self.worker_pids: set[int] = set()  # processes that featurized them (a restarted actor adds one)
+        self.startup_seconds = 0.0  # joining or starting Ray and constructing the actors
 
     def __enter__(self) -> RayEngine:
         return self
@@ -181,6 +187,7 @@ class RayEngine:
 
         if self._pool is not None:
             return self._pool
+        t0 = time.perf_counter()
         opts = self.options
         if not ray.is_initialized():
             if opts.address is None:
@@ -196,9 +203,11 @@ class RayEngine:
         tok = path if path and Path(path).is_dir() else tokenizer
         threads = max(1, int(opts.cpus_per_worker))
         self._actors = [actor.remote(tok, threads, opts.kill_worker_at) for _ in range(opts.workers)]
+        ray.get([a.ready.remote() for a in self._actors])
         self._pool = ActorPool(self._actors)
-        log.info("Ray: %d workers x %g CPUs on %s", opts.workers, opts.cpus_per_worker,
-                 ray.get_runtime_context().gcs_address)
+        self.startup_seconds = time.perf_counter() - t0
+        log.info("Ray: %d workers x %g CPUs on %s, ready in %.1fs", opts.workers, opts.cpus_per_worker,
+                 ray.get_runtime_context().gcs_address, self.startup_seconds)
         return self._pool
 
 
