@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queries", type=int, help="use at most N queries")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over queries")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--params", default="", help='method parameters as JSON, e.g. \'{"tracin_cos": {"task_lambda": 0.5}}\' '
-                                                "(recorded in the report)")
+    p.add_argument("--params", default="",
+                   help='method parameters as JSON, e.g. \'{"tracin_cos": {"task_lambda": 0.5}}\' (recorded in the report)')
     p.add_argument("--out", help="write lds.json and lds.md into this directory")
     p.set_defaults(func=run)
 

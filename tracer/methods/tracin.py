@@ -128,7 +128,8 @@ class TracInCosine(GradientMethod):
         Not thread-safe: fit before concurrent scoring (``evaluate`` and the LDS benchmark do).
         """
         if len(moments) != len(self.store.checkpoints):
-            raise ValueError(f"task moments for {len(moments)} checkpoints, the index has {len(self.store.checkpoints)}")
+            raise ValueError(f"task moments for {len(moments)} checkpoints, "
+                             f"the index has {len(self.store.checkpoints)}")
         self._task = [np.asarray(m, dtype=np.float64) for m in moments]
         self._task_n = n_queries
         self._w, self._norms = {}, {}
@@ -137,7 +138,8 @@ class TracInCosine(GradientMethod):
 
     def task_info(self) -> dict[str, Any]:
         """What the correction used: ``task_lambda``, ``n_queries`` of ``R_eval`` (None: given), normalisation."""
-        return {"task_lambda": self.task_lambda, "n_queries": self._task_n, "normalize": "mean(R_eval) = mean(R_train)"}
+        return {"task_lambda": self.task_lambda, "n_queries": self._task_n,
+                "normalize": "mean(R_eval) = mean(R_train)"}
 
     def prepare(self) -> None:
         if not self.whiten:
