@@ -46,7 +46,8 @@ def _build(args: argparse.Namespace, name: str, extra: list[str], env: dict[str,
     m = json.loads((out / "manifest.json").read_text())
     ex = m["corpus"]["n_documents"] * len(m["checkpoints"])
     g = m["build_seconds"]["gradients"]
-    return {"run": name, "wall_s": round(wall, 1), "gradients_s": g, "gradient_examples_per_s": round(ex / g, 1),
+    return {"run": name, "wall_s": round(wall, 1), "gradients_s": g,
+            "gradient_examples_per_s": round(ex / g, 1),
             "ray_start_s": ray_start, "examples_per_s_after_ray_start": round(ex / (g - ray_start), 1),
             "fit_s": m["build_seconds"].get("fit"), "total_s": m["build_seconds"]["total"]}
 
@@ -80,7 +81,8 @@ def _same_as(a: Path, b: Path) -> bool:
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(files)}
 
     def manifest(root: Path) -> dict:
-        return {k: v for k, v in json.loads((root / "manifest.json").read_text()).items() if k not in VOLATILE}
+        m = json.loads((root / "manifest.json").read_text())
+        return {k: v for k, v in m.items() if k not in VOLATILE}
 
     return arrays(a) == arrays(b) and manifest(a) == manifest(b)
 
@@ -96,7 +98,8 @@ def main() -> None:
             _build(a, "ray-1worker", ["--engine", "ray", "--workers", "1"]),
             _build(a, "ray-2workers", ["--engine", "ray", "--workers", "2"])]
     if not a.no_kill:
-        rows.append(_build(a, "ray-2workers-kill9", ["--engine", "ray", "--workers", "2"], on_start=_kill_one_worker))
+        rows.append(_build(a, "ray-2workers-kill9", ["--engine", "ray", "--workers", "2"],
+                           on_start=_kill_one_worker))
     for r in rows:
         r["identical_to_local"] = _same_as(Path(a.out) / r["run"], Path(a.out) / "local")
     print(json.dumps(rows, indent=1))

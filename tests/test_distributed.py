@@ -81,7 +81,8 @@ def _ray_engine(**kw):
 
 
 @pytest.mark.slow
-def test_ray_build_equals_the_local_build_byte_for_byte(ray_local, tmp_path, tiny_bench, tiny_run, tiny_index):
+def test_ray_build_equals_the_local_build_byte_for_byte(ray_local, tmp_path, tiny_bench, tiny_run,
+                                                        tiny_index):
     with _ray_engine(workers=2) as engine:
         build_tiny_index(tmp_path / "r", tiny_bench, tiny_run, engine=engine)
     assert engine.featurized == 4 * 3  # 214 documents in shards of 64, 3 checkpoints
@@ -90,7 +91,8 @@ def test_ray_build_equals_the_local_build_byte_for_byte(ray_local, tmp_path, tin
 
 
 @pytest.mark.slow
-def test_killed_worker_is_restarted_and_its_shard_redone(ray_local, tmp_path, tiny_bench, tiny_run, tiny_index):
+def test_killed_worker_is_restarted_and_its_shard_redone(ray_local, tmp_path, tiny_bench, tiny_run,
+                                                         tiny_index):
     with _ray_engine(workers=2, kill_worker_at=(1, 2)) as engine:  # SIGKILL while on shard 2 of checkpoint 1
         build_tiny_index(tmp_path / "k", tiny_bench, tiny_run, engine=engine)
     assert len(engine.worker_pids) == 3  # two actors, one of them restarted by Ray
@@ -99,7 +101,8 @@ def test_killed_worker_is_restarted_and_its_shard_redone(ray_local, tmp_path, ti
 
 
 @pytest.mark.slow
-def test_ray_resume_keeps_finished_shards_and_shard_files(ray_local, tmp_path, tiny_bench, tiny_run, tiny_index):
+def test_ray_resume_keeps_finished_shards_and_shard_files(ray_local, tmp_path, tiny_bench, tiny_run,
+                                                          tiny_index):
     from tracer.index import files as F
     from tracer.index.distributed import shard_file
     from tracer.index.shards import ShardFeaturizer, ShardJob

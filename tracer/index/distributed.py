@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -41,7 +41,7 @@ from tracer.model.tokenization import Encoded
 
 log = logging.getLogger(__name__)
 
-SHARDS_DIR = f"{F.BUILD_STATE}/shards"  # inside the partial dir: shard files written by workers, not yet merged
+SHARDS_DIR = f"{F.BUILD_STATE}/shards"  # in the partial dir: shard files workers wrote, not yet merged
 
 
 def shard_file(ci: int, s: int) -> str:
@@ -99,12 +99,14 @@ class ShardWorker:
     def featurize(self, job: ShardJob, s: int, examples: Sequence[Encoded]) -> tuple[int, int]:
         """Featurize shard ``s`` of ``job`` into its shard file; returns ``s`` and this worker's pid."""
         key = (str(job.root), job.ci)
-        if key != self._key:  # a new checkpoint: drop the old replica before loading the next
+        featurizer = self._featurizer
+        if featurizer is None or key != self._key:  # a new checkpoint: drop the old replica, load the next
             self._featurizer = None
-            self._featurizer, self._key = ShardFeaturizer(job, self.tokenizer), key
+            featurizer = self._featurizer = ShardFeaturizer(job, self.tokenizer)
+            self._key = key
         if self.kill_at == (job.ci, s):
             _die_once(job.root / F.BUILD_STATE / f"killed-ckpt{job.ci}-shard{s}")
-        arrays = self._featurizer.run(examples)
+        arrays = featurizer.run(examples)
         save_shard(job.root / shard_file(job.ci, s), arrays)
         return s, os.getpid()
 
@@ -174,6 +176,9 @@ class RayEngine:
                 pending.append((s, lo, hi))
         if not pending:
             return
+        # absolute paths: a worker on another machine has another working directory
+        job = replace(job, root=job.root.resolve(), checkpoint=replace(job.checkpoint,
+                                                                       path=job.checkpoint.path.resolve()))
         pool, job_ref = self._start(local.featurizer.tokenizer), _put(job)
         for s, pid in pool.map_unordered(lambda a, t: a.featurize.remote(job_ref, t[0], examples[t[1]:t[2]]),
                                          pending):
@@ -200,7 +205,7 @@ class RayEngine:
                            max_task_retries=opts.max_restarts)(ShardWorker)
         # a directory travels inline with the actor's spec: a restarted actor never needs a freed object
         path = str(getattr(tokenizer, "name_or_path", "") or "")
-        tok = path if path and Path(path).is_dir() else tokenizer
+        tok = str(Path(path).resolve()) if path and Path(path).is_dir() else tokenizer
         threads = max(1, int(opts.cpus_per_worker))
         self._actors = [actor.remote(tok, threads, opts.kill_worker_at) for _ in range(opts.workers)]
         ray.get([a.ready.remote() for a in self._actors])
