@@ -359,6 +359,16 @@ def write_documents(root: Path, docs: Sequence[Document]) -> None:
     (root / F.DOC_IDS).write_text("".join(d.doc_id + "\n" for d in docs), encoding="utf-8")
 
 
+def _memory() -> str:
+    """Resident memory of this process now (anonymous / file-backed) and its peak so far (Linux)."""
+    try:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+        mb = {k: int(status[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile", "VmHWM")}
+    except (OSError, KeyError, ValueError):
+        return "memory: n/a"
+    return f"RSS anon {mb['RssAnon']:.0f} MB, file {mb['RssFile']:.0f} MB; peak {mb['VmHWM']:.0f} MB"
+
+
 def _run_stage(ctx: _BuildContext, name: str, fn: Callable[[_BuildContext], dict[str, Any]]) -> tuple[Any, float]:
     marker = ctx.root / F.BUILD_STATE / f"stage-{name}.json"
     if marker.is_file():
@@ -368,7 +378,7 @@ def _run_stage(ctx: _BuildContext, name: str, fn: Callable[[_BuildContext], dict
     t0 = time.perf_counter()
     info = fn(ctx)
     dt = round(time.perf_counter() - t0, 2)
-    log.info("stage %s done in %.1fs", name, dt)
+    log.info("stage %s done in %.1fs (%s)", name, dt, _memory())
     marker.write_text(json.dumps({"info": info, "seconds": dt}))
     return info, dt
 
