@@ -28,6 +28,27 @@ def _guarded_connect(self: socket.socket, address: object) -> object:
 
 
 @pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts with the process's torch intra-op thread count: training is deterministic only
+    at a fixed count, and the session fixtures (``tiny_run``) train at the default one. Some test in
+    tests/test_service.py's real-index group leaves the main thread at 1 (not yet tracked down)."""
+    import torch
+
+    yield
+    if torch.get_num_threads() != _SESSION_THREADS:
+        torch.set_num_threads(_SESSION_THREADS)
+
+
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+_SESSION_THREADS = _default_threads()
+
+
+@pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
 

@@ -167,7 +167,7 @@ def test_format_table_orders_by_lds():
 
 # --- end to end (slow): subset models on the tiny benchmark, every method, cache reuse
 @pytest.mark.slow
-def test_lds_end_to_end_with_cache_reuse(tiny_bench, tiny_run, tiny_index, tmp_path):
+def test_lds_end_to_end_with_cache_reuse(tiny_bench, tiny_run, tiny_index, tmp_path, request):
     import torch
 
     from tracer.cli.main import main
@@ -175,7 +175,9 @@ def test_lds_end_to_end_with_cache_reuse(tiny_bench, tiny_run, tiny_index, tmp_p
     from tracer.lds import LdsConfig, run_lds
     from tracer.retrieval import Retriever
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))  # later tests train with the usual count
     queries = list(tiny_bench.queries[:24])
     cfg = LdsConfig(n_subsets=4, n_boot=100)
     cache = tmp_path / "cache"

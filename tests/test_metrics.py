@@ -324,5 +324,5 @@ def test_write_report_files(tmp_path) -> None:
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = paths["html"].read_text()
     assert "data:image/png;base64," in page and "<td>tracin</td>" in page and "<td>bm25</td>" in page
-    assert "<td>capital</td>" in page and "0.812 [0.75, 0.86]" in page
+    assert "<td>capital</td>" in page and '0.812 <span class="ci">[0.75, 0.86]</span>' in page
     assert not list((tmp_path / "out").glob(".*tmp"))

@@ -322,7 +322,7 @@ ERROR_CASES = [
     ("unknown method", {"method": 99}, INVALID,
      "method: unknown value 99; expected one of bm25, embedding, tracin, tracin_cos, influence, trak, random"),
     ("unknown candidates", {"candidates": 42}, INVALID,
-     "candidates: unknown value 42; expected one of bm25, embedding, gradient, union, full"),
+     "candidates: unknown value 42; expected one of bm25, embedding, gradient, union, full, auto"),
     ("unknown index", {"index": "nope"}, grpc.StatusCode.NOT_FOUND,
      "index: unknown index 'nope' (serving tiny)"),
     ("huge index name", {"index": "x" * 100_000}, grpc.StatusCode.NOT_FOUND,
@@ -732,7 +732,7 @@ def test_real_index_batch_examples_and_errors(real_served: tuple[Served, Any], t
     assert err.code() == grpc.StatusCode.NOT_FOUND and "no-such-doc" in err.details()
     err = rpc_error(lambda: s.stub.Trace(pb.TraceRequest(prompt="p", target="t", candidates=99), timeout=5))
     assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                          "candidates: unknown value 99; expected one of bm25, embedding, gradient, union, full")
+                                          "candidates: unknown value 99; expected one of bm25, embedding, gradient, union, full, auto")
 
 
 def test_real_index_verify_and_stability(real_served: tuple[Served, Any], tiny_bench: Any,

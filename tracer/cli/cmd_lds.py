@@ -31,13 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from tracer.batching import intra_op_threads
 
+    with intra_op_threads(max(1, args.threads)):  # restored after: `tracer lds` may run inside a process
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tracer.cli.cmd_eval import select_queries
     from tracer.corpus import load_queries
     from tracer.lds import LdsConfig, format_table, run_lds
 
-    torch.set_num_threads(max(1, args.threads))
     for flag, path in (("--index", args.index), ("--run", args.run)):
         if not Path(path).is_dir():
             raise DataError(f"{flag} directory not found: {path}")
