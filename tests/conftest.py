@@ -29,23 +29,22 @@ def _guarded_connect(self: socket.socket, address: object) -> object:
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    """Every test starts with the process's torch intra-op thread count: training is deterministic only
-    at a fixed count, and the session fixtures (``tiny_run``) train at the default one. Some test in
-    tests/test_service.py's real-index group leaves the main thread at 1 (not yet tracked down)."""
+    """Every test starts with the torch intra-op thread count the first test saw: training is
+    deterministic only at a fixed count, and the session fixtures (``tiny_run``) train at it. Some test
+    in tests/test_service.py's real-index group leaves the main thread at 1 (not yet tracked down).
+    (torch is imported here, not at conftest import: importing it before faiss changes which OpenMP
+    runtime loads first, and with it the last bits of in-process builds against subprocess ones.)"""
+    yield
     import torch
 
-    yield
-    if torch.get_num_threads() != _SESSION_THREADS:
+    global _SESSION_THREADS
+    if _SESSION_THREADS is None:
+        _SESSION_THREADS = torch.get_num_threads()
+    elif torch.get_num_threads() != _SESSION_THREADS:
         torch.set_num_threads(_SESSION_THREADS)
 
 
-def _default_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-_SESSION_THREADS = _default_threads()
+_SESSION_THREADS: int | None = None
 
 
 @pytest.fixture(autouse=True)
