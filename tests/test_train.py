@@ -30,7 +30,10 @@ def test_training_is_deterministic(tiny_run, tiny_bench, tmp_path):
 
     from tracer.model.train import train
 
-    train(tiny_bench.documents, TRAIN_PRESETS["tiny"], tmp_path, progress=lambda it: _NoBar())
+    from conftest import fixed_threads
+
+    with fixed_threads(1):  # as the tiny_run fixture: bit-reproducible at a fixed thread count
+        train(tiny_bench.documents, TRAIN_PRESETS["tiny"], tmp_path, progress=lambda it: _NoBar())
     a = load_checkpoints(tiny_run)[-1].path
     b = load_checkpoints(tmp_path)[-1].path
     assert weights_fingerprint(a) == weights_fingerprint(b)
