@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 
@@ -26,40 +25,6 @@ def _guarded_connect(self: socket.socket, address: object) -> object:
             "127.0.0.1", "::1", "localhost", "0.0.0.0"):
         raise RuntimeError(f"tests must stay offline; attempted connect to {address!r}")
     return _real_connect(self, address)
-
-
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    """Every test starts with the torch intra-op thread count the first test saw. FAISS's
-    ``omp_set_num_threads(1)`` (tracer.index.dense) also sets torch's count, since both use the same
-    OpenMP runtime here, so any test touching FAISS would otherwise leave later ones at 1 thread.
-    (torch is imported here, not at conftest import: importing it before faiss changes which OpenMP
-    runtime loads first, and with it the last bits of in-process builds against subprocess ones.)"""
-    yield
-    import torch
-
-    global _SESSION_THREADS
-    if _SESSION_THREADS is None:
-        _SESSION_THREADS = torch.get_num_threads()
-    elif torch.get_num_threads() != _SESSION_THREADS:
-        torch.set_num_threads(_SESSION_THREADS)
-
-
-_SESSION_THREADS: int | None = None
-
-
-@contextlib.contextmanager
-def fixed_threads(n: int):
-    """``torch.set_num_threads(n)`` for a block, called unconditionally (a count set through FAISS's
-    OpenMP call reads the same but leaves torch's other pools as they were), then restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -115,9 +80,8 @@ def tiny_run(tmp_path_factory, tiny_bench):
 
     _quiet_transformers()
     out = tmp_path_factory.mktemp("run")
-    with fixed_threads(1):  # training is bit-reproducible at a fixed thread count (test_train retrains)
-        train(tiny_bench.documents, TRAIN_PRESETS["tiny"], out, tiny_bench.queries[:20], tiny_bench.train_prompts,
-              progress=lambda it: _NoBar())
+    train(tiny_bench.documents, TRAIN_PRESETS["tiny"], out, tiny_bench.queries[:20], tiny_bench.train_prompts,
+          progress=lambda it: _NoBar())
     return out
 
 
