@@ -155,6 +155,8 @@ class Retrieval:
     opponent_scores: np.ndarray = field(default_factory=lambda: np.empty(0))  # most negative first
     opponent_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     candidate_rows: np.ndarray | None = None  # the rows that were ranked (None: the whole corpus)
+    #: the pipelined rerank's per-checkpoint products of ``candidate_rows`` (reused for stability)
+    checkpoint_products: dict[int, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class _Pipeline:
     def __init__(self, retriever: Retriever, method: GradientMethod, rows: np.ndarray) -> None:
         self.retriever, self.method, self.rows = retriever, method, rows
         self.futures: dict[int, Any] = {}
+        self.per_ckpt: dict[int, Any] = {}
 
     def on_checkpoint(self, ci: int, q: QueryFeatures) -> None:
         if ci in self.method.checkpoint_indices() and ci not in self.futures:  # a retried batch calls again
@@ -203,8 +206,8 @@ class _Pipeline:
         for ci in self.method.checkpoint_indices():
             if ci not in self.futures:
                 self.on_checkpoint(ci, q)
-        per_ckpt = {ci: f.result() for ci, f in self.futures.items()}
-        return combine([self.method], per_ckpt)[self.method.name]
+        self.per_ckpt = {ci: f.result() for ci, f in self.futures.items()}
+        return combine([self.method], self.per_ckpt)[self.method.name]
 
 
 class Retriever:
@@ -431,7 +434,7 @@ class Retriever:
             timings = {"featurize_ms": featurize_ms, "candidates_ms": (t2 - t1) * 1e3 + early_ms,
                        "rerank_ms": (t3 - t2) * 1e3}
             out.append(Retrieval(q, scores, top, self.store.n_documents if rows is None else len(rows), timings,
-                                 opp[0], opp[1], rows))
+                                 opp[0], opp[1], rows, pipes[i].per_ckpt if pipes else None))
         return out
 
     def stability(self, r: Retrieval, method: str, k: int, stop: Stop | None = None) -> Stability | None:
@@ -440,7 +443,7 @@ class Retriever:
         is one more blockwise scan keeping each checkpoint's top-``k``."""
         from scipy.stats import t as student
 
-        from tracer.methods.kernel import checkpoint_scores
+        from tracer.methods.kernel import checkpoint_scores, per_checkpoint_scores
 
         m = self.method(method)
         if not isinstance(m, GradientMethod) or len(m.checkpoint_indices()) < 2 or not len(r.rows):
@@ -449,7 +452,10 @@ class Retriever:
         with intra_op_threads(self.batching.torch_threads):
             if r.candidate_rows is not None:
                 cand = r.candidate_rows
-                per = checkpoint_scores(self.store, q, cand, m)
+                reuse = r.checkpoint_products  # the pipelined rerank already multiplied these rows
+                per = per_checkpoint_scores(m, reuse) if reuse is not None and all(
+                    m.name in reuse.get(ci, {}) for ci in m.checkpoint_indices()) else checkpoint_scores(
+                    self.store, q, cand, m)
                 tops = [set(top_k(s, cand, k)[1].tolist()) for s in per]
                 pos = {int(x): i for i, x in enumerate(cand)}
                 mine = per[:, [pos[int(h)] for h in hits]]
@@ -476,6 +482,8 @@ class Retriever:
             _ = self.encoder
         for m in self.available_methods():
             self.method(m)
+        if len(self.store.checkpoints) > 1:
+            import scipy.stats  # noqa: F401 - stability's t-interval; importing it costs ~0.6 s once
         if self.store.has("bm25"):
             self.store.bm25()
         for which, stage in (("gradient", "gradient_faiss"), ("embedding", "embeddings")):

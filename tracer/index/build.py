@@ -311,22 +311,32 @@ def build_want(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg:
                              "weights": weights_fingerprint(c.path)} for c in checkpoints]}
 
 
+def resumable_partial(out: Path, want: dict[str, Any], what: str) -> tuple[Path, bool]:
+    """``<out>.partial`` and whether an interrupted ``what`` (build, add) of the same ``want`` can resume
+    there; a partial of another config, or with an incomplete state, is removed."""
+    part = out.with_name(out.name + ".partial")
+    if not part.exists():
+        return part, False
+    try:
+        have = json.loads((part / F.BUILD_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        have = None
+    if have == want and (part / F.BUILD_STATE).is_dir():
+        log.info("resuming the interrupted %s in %s", what, part)
+        return part, True
+    log.warning("discarding %s: %s", part, "it was started with a different corpus, model or config"
+                if have != want else "its build state is incomplete (killed while finishing)")
+    shutil.rmtree(part)
+    return part, False
+
+
 def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
                      corpus_path: str, basis: BasisPin | None = None) -> Path:
     """Create or reuse ``<out>.partial``; a partial build of a different config is discarded."""
-    part = out.with_name(out.name + ".partial")
     want = build_want(docs, checkpoints, cfg, basis)
-    if part.exists():
-        try:
-            have = json.loads((part / F.BUILD_CONFIG).read_text())
-        except (OSError, json.JSONDecodeError):
-            have = None
-        if have == want and (part / F.BUILD_STATE).is_dir():
-            log.info("resuming the interrupted build in %s", part)
-            return part
-        log.warning("discarding %s: %s", part, "it was started with a different corpus, model or config"
-                    if have != want else "its build state is incomplete (killed while finishing)")
-        shutil.rmtree(part)
+    part, resumed = resumable_partial(out, want, "build")
+    if resumed:
+        return part
     (part / F.BUILD_STATE).mkdir(parents=True)
     (part / F.BUILD_CONFIG).write_text(json.dumps(want, sort_keys=True))
     write_documents(part, docs)

@@ -49,6 +49,7 @@ from tracer.index.build import (
     build_lock,
     build_want,
     history_entry,
+    resumable_partial,
     split_fingerprint,
     write_documents,
 )
@@ -197,17 +198,9 @@ def add_checkpoint(index: str | Path, checkpoint: Checkpoint, *, progress: bool 
 def _partial(root: Path, docs: Sequence[Document], cks: Sequence[Checkpoint], cfg: IndexConfig,
              basis: BasisPin) -> Path | None:
     """A fresh ``<index>.partial`` to seed, or ``None`` when an interrupted identical add can resume there."""
-    part = root.with_name(root.name + ".partial")
-    want = build_want(docs, cks, cfg, basis)
-    if part.exists():
-        try:
-            have = json.loads((part / F.BUILD_CONFIG).read_text())
-        except (OSError, json.JSONDecodeError):
-            have = None
-        if have == want and (part / F.BUILD_STATE).is_dir():
-            log.info("resuming the interrupted add in %s", part)
-            return None
-        shutil.rmtree(part)
+    part, resumed = resumable_partial(root, build_want(docs, cks, cfg, basis), "add")
+    if resumed:
+        return None
     (part / F.BUILD_STATE).mkdir(parents=True)
     return part
 

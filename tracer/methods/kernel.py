@@ -271,6 +271,13 @@ def checkpoint_scores(store: Any, q: Any, rows: np.ndarray, method: Any) -> np.n
     method's score is exactly the mean of the rows.
     """
     cks = method.checkpoint_indices()
+    return per_checkpoint_scores(method, {ci: checkpoint_dots(store, q, rows, [method], ci) for ci in cks})
+
+
+def per_checkpoint_scores(method: Any, per_ckpt: dict[int, dict[str, tuple[np.ndarray, np.ndarray | None]]]
+                          ) -> np.ndarray:
+    """:func:`checkpoint_scores` from products already computed by :func:`checkpoint_dots`."""
+    cks = method.checkpoint_indices()
     scale = len(cks) if method.checkpoint_reduce == "sum" else 1
-    out = [method.combine({ci: checkpoint_dots(store, q, rows, [method], ci)[method.name]}) for ci in cks]
+    out = [method.combine({ci: per_ckpt[ci][method.name]}) for ci in cks]
     return scale * np.asarray(out, dtype=np.float64).reshape(len(cks), -1)
