@@ -3,7 +3,9 @@
 A hit is *stable* when it is in the top-k under every checkpoint alone (``Hit.stable``). For each
 gradient method, over every query with known proponents, this compares the share of proponents among
 stable and among unstable hits rank by rank, and pools the per-rank differences (weighted by the
-number of hits that have both kinds at that rank), with a bootstrap CI over queries::
+number of hits that have both kinds at that rank), with a bootstrap CI over queries. The statistic is
+:func:`tracer.metrics.stability.summarize`, the same function behind ``tracer eval``'s stability table,
+so the two agree on the same hits::
 
     python eval/stability.py --index runs/demo/index --queries runs/demo/bench/queries.jsonl --json runs/stability.json
 """
@@ -15,6 +17,8 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
+
+from tracer.metrics.stability import rank_matched_difference, summarize  # noqa: F401 - the report's statistic
 
 
 def collect(t: Any, queries: Sequence[Any], method: str, k: int, num_candidates: int,
@@ -29,33 +33,6 @@ def collect(t: Any, queries: Sequence[Any], method: str, k: int, num_candidates:
     return out
 
 
-def rank_matched_difference(x: np.ndarray) -> tuple[float, float, float]:
-    """Pooled (stable - unstable) proponent rate over ranks holding both kinds; and the two pooled rates."""
-    num = den = ps = pu = 0.0
-    for r in range(x.shape[1]):
-        col = x[:, r]
-        col = col[col[:, 0] >= 0]
-        st, un = col[col[:, 0] == 1, 1], col[col[:, 0] == 0, 1]
-        if len(st) and len(un):
-            w = len(col)
-            num += w * (st.mean() - un.mean())
-            ps += w * st.mean()
-            pu += w * un.mean()
-            den += w
-    return (num / den, ps / den, pu / den) if den else (float("nan"),) * 3
-
-
-def summarize(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    diff, ps, pu = rank_matched_difference(x)
-    rng = np.random.default_rng(seed)
-    boots = [rank_matched_difference(x[rng.integers(0, len(x), len(x))])[0] for _ in range(n_boot)]
-    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
-    valid = x[..., 0] >= 0
-    return {"hits": int(valid.sum()), "stable_share": round(float(x[..., 0][valid].mean()), 4),
-            "proponent_rate_stable": round(ps, 4), "proponent_rate_unstable": round(pu, 4),
-            "difference": round(diff, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)]}
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--index", required=True)
@@ -64,6 +41,8 @@ def main() -> int:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--num-candidates", type=int, default=100)
     p.add_argument("--max-queries", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the queries")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -77,7 +56,7 @@ def main() -> int:
         qs = qs[: args.max_queries] if args.max_queries else qs
         report["queries"] = len(qs)
         for m in args.methods.split(","):
-            report[m] = summarize(collect(t, qs, m, args.k, args.num_candidates))
+            report[m] = summarize(collect(t, qs, m, args.k, args.num_candidates), n_boot=args.n_boot, seed=args.seed)
             print(m, report[m], flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -116,3 +116,62 @@ def test_report_page_is_self_contained_and_complete(evaluated, tmp_path) -> None
     assert set(first["methods"]) == {"bm25", "tracin", "random"}
     assert first["methods"]["bm25"]["mrr"] == report["details"]["per_query"]["bm25"][first["query_id"]]["mrr"]
     assert first["methods"]["bm25"]["top"] == report["details"]["hits"]["bm25"][first["query_id"]]
+
+
+def test_evaluation_records_each_top_hit_stability_as_trace_does(evaluated, tiny_index) -> None:
+    """The eval's per-hit stability equals Tracer.trace's on the same candidates; its table equals the script's."""
+    import importlib.util
+    from pathlib import Path
+
+    from tracer.metrics.stability import summarize
+    from tracer.tracer import Tracer
+
+    res, queries = evaluated
+    d = res.report["details"]
+    assert set(d["stability"]) == {"tracin"}  # bm25 and random have no checkpoints to disagree
+    with Tracer.open(tiny_index) as t:
+        traced = t.trace_batch(queries, method="tracin", candidates="bm25", k=10, num_candidates=20, stability=True)
+        spec = importlib.util.spec_from_file_location("stab", Path(__file__).parents[1] / "eval" / "stability.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        x = script.collect(t, queries, "tracin", 10, 20)
+    for q, r in zip(queries, traced):
+        assert [h[0] for h in d["hits"]["tracin"][q.query_id]] == [h.doc_id for h in r.hits]
+        for got, h in zip(d["stability"]["tracin"][q.query_id], r.hits):
+            assert got[0] == pytest.approx(h.topk_fraction, rel=1e-5) and got[1] == h.stable
+            assert got[2:] == pytest.approx(list(h.interval), rel=1e-5, abs=1e-9)
+    # The report's table is the script's statistic on the same hits.
+    want = summarize(x, n_boot=res.report["settings"]["n_boot"], seed=res.report["settings"]["seed"])
+    assert res.report["stability"]["methods"]["tracin"] == want
+    assert res.report["stability"]["k"] == 10 and want["hits"] == sum(len(r.hits) for r in traced)
+
+
+def test_report_shows_the_stability_table_and_markers(evaluated, tmp_path) -> None:
+    res, _ = evaluated
+    report = json.loads(json.dumps(res.report))
+    paths = write_report(tmp_path / "rep", report)
+    page = paths["html"].read_text(encoding="utf-8")
+    table = re.search(r'<table id="stability">.*?</table>', page, re.S).group(0)
+    s = report["stability"]["methods"]["tracin"]
+    row = re.search(r"<tr><td>tracin</td>.*?</tr>", table).group(0)
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert cells[1:3] == [str(s["queries"]), str(s["hits"])]
+    assert cells[3] == f"{100 * s['stable_share']:.1f}%"
+    rate = (lambda v: "—" if v is None else f"{v:.3f}")
+    assert cells[4:6] == [rate(s["proponent_rate_stable"]), rate(s["proponent_rate_unstable"])]
+    assert "bm25" not in table and "random" not in table  # no stability: no row
+    # The drill-down carries the per-hit entries (the markers are drawn from them).
+    blob = json.loads(re.search(r'<script type="application/json" id="dd-data">(.*?)</script>', page, re.S)
+                      .group(1).replace("<\\/", "</"))
+    assert blob["stability"] == report["details"]["stability"] and blob["n_checkpoints"] == 3
+    assert "class=\"stab st\"" in page and "'stab'+(ok?' st':'')" in page
+    # per_query.jsonl: one record per top hit, aligned with "top".
+    lines = [json.loads(x) for x in paths["per_query"].read_text().splitlines()]
+    for line in lines:
+        tr = line["methods"]["tracin"]
+        assert len(tr["stability"]) == len(tr["top"]) and "stability" not in line["methods"]["bm25"]
+        for rec, e in zip(tr["stability"], report["details"]["stability"]["tracin"][line["query_id"]]):
+            assert rec == {"topk_fraction": e[0], "stable": e[1], "interval": [e[2], e[3]]}
+    # A report without stability (old reports, full-scan policy) renders without the section.
+    del report["stability"], report["details"]["stability"]
+    assert 'id="stability"' not in write_report(tmp_path / "old", report)["html"].read_text(encoding="utf-8")

@@ -74,20 +74,63 @@ def test_stability_is_absent_where_it_means_nothing(tiny_index, tiny_bench):
 
 
 def test_rank_matched_difference_by_hand():
-    import importlib.util
-    from pathlib import Path
+    from tracer.metrics.stability import rank_matched_difference, summarize
 
-    spec = importlib.util.spec_from_file_location("stab", Path(__file__).parents[1] / "eval" / "stability.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     # rank 1: stable hits are proponents (2 of 2), the unstable one is not; rank 2: only stable hits (skipped)
     x = np.array([[[1, 1], [1, 0]], [[1, 1], [1, 1]], [[0, 0], [-1, -1]]], dtype=np.int8)
-    diff, ps, pu = mod.rank_matched_difference(x)
+    diff, ps, pu = rank_matched_difference(x)
     assert (diff, ps, pu) == (1.0, 1.0, 0.0)
     x[2, 0] = (0, 1)  # now the unstable one is a proponent too
-    assert mod.rank_matched_difference(x)[0] == 0.0
-    s = mod.summarize(x, n_boot=50)
-    assert s["hits"] == 5 and s["stable_share"] == 0.8
+    assert rank_matched_difference(x)[0] == 0.0
+    s = summarize(x, n_boot=50)
+    assert s["hits"] == 5 and s["stable_share"] == 0.8 and s["stable_hits"] == 4 and s["queries"] == 3
+
+
+def test_pooled_rates_weight_each_rank_by_its_hits():
+    """Hand-computed: rank 1 has 3 stable (2 proponents) and 1 unstable (0); rank 2 has 1 stable (1) and
+    2 unstable (1); rank 3 only unstable hits (left out); query 4 lacks rank 2 and 3."""
+    from tracer.metrics.stability import rank_matched_difference, summarize
+
+    S, U, M = 1, 0, -1
+    x = np.array([
+        [[S, 1], [S, 1], [U, 1]],
+        [[S, 1], [U, 0], [U, 0]],
+        [[S, 0], [U, 1], [U, 1]],
+        [[U, 0], [M, M], [M, M]],
+    ], dtype=np.int8)
+    # rank 1: w=4, stable 2/3, unstable 0/1 -> diff 2/3; rank 2: w=3, stable 1/1, unstable 1/2 -> diff 1/2
+    want_diff = (4 * (2 / 3) + 3 * 0.5) / 7
+    want_ps = (4 * (2 / 3) + 3 * 1.0) / 7
+    want_pu = (4 * 0.0 + 3 * 0.5) / 7
+    got = rank_matched_difference(x)
+    assert np.allclose(got, (want_diff, want_ps, want_pu), rtol=1e-12)
+    s = summarize(x, n_boot=400, seed=3)
+    assert s["difference"] == round(want_diff, 4) and s["proponent_rate_stable"] == round(want_ps, 4)
+    assert s["proponent_rate_unstable"] == round(want_pu, 4)
+    assert s["hits"] == 10 and s["stable_hits"] == 4 and s["stable_share"] == 0.4
+    lo, hi = s["ci95"]
+    assert lo <= s["difference"] <= hi and lo < hi
+    assert summarize(x, n_boot=400, seed=3) == s  # seeded
+    # Identical queries never hold both kinds at one rank: no difference, no interval (not a fake 0).
+    same = np.repeat(x[:1], 5, axis=0)
+    assert summarize(same, n_boot=20)["difference"] is None and summarize(same, n_boot=20)["ci95"] is None
+    # Two queries, rank 1: a stable proponent and an unstable non-proponent.
+    s1 = summarize(np.array([[[S, 1]], [[U, 0]]], dtype=np.int8), n_boot=200)
+    assert s1["difference"] == 1.0 and s1["ci95"][1] == 1.0
+    with pytest.raises(ValueError, match="n_queries, k, 2"):
+        summarize(np.zeros((3, 2)))
+
+
+def test_hit_matrix_reads_the_report_blocks():
+    from tracer.metrics.stability import hit_matrix, hit_records
+
+    hits = {"q2": [["a", 3.0], ["b", 2.0]], "q1": [["c", 1.0], ["d", 0.5], ["e", 0.1]]}
+    stab = {"q1": [[1.0, True, 0.5, 1.5], [0.5, False, 0.0, 1.0], None],
+            "q2": [[2 / 3, False, 1.0, 5.0], [1.0, True, 1.0, 3.0]]}
+    x = hit_matrix(hits, stab, {"q1": {"d"}, "q2": {"a", "z"}}, k=3)
+    assert x.tolist() == [[[1, 0], [0, 1], [-1, -1]], [[0, 1], [1, 0], [-1, -1]]]  # q1 first (sorted ids)
+    assert hit_records(stab["q1"])[0] == {"topk_fraction": 1.0, "stable": True, "interval": [0.5, 1.5]}
+    assert hit_records(stab["q1"])[2] is None
 
 
 def test_side_by_side_marks_the_overlap(tiny_index, tiny_bench):

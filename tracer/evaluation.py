@@ -55,6 +55,9 @@ class EvalConfig:
     tail_patch_lr: float = field(default=1e-2, metadata={"help": "SGD step size of the tail-patch"})
     tail_patch_checkpoint: int = field(default=0, metadata={"help": "checkpoint stepped from (index; -1 = last)"})
     tail_patch_max_queries: int = field(default=200, metadata={"help": "queries used for the tail-patch"})
+    stability: bool = field(default=True, metadata={
+        "help": "per-hit stability over checkpoints of each gradient method's top hits (candidate policies "
+                "only: a full scan would double the cost)"})
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -81,6 +84,10 @@ class EvalResult:
     qrels: dict[str, set[str]]
 
 
+Runs = dict[str, dict[str, list[tuple[str, float]]]]
+StabilityRuns = dict[str, dict[str, list[Any]]]  # method -> qid -> per-hit [topk_fraction, stable, low, high]
+
+
 def _ftrace_rows(retriever: Retriever, q: Query, qf: QueryFeatures, texts: list[str],
                  rng: np.random.Generator) -> np.ndarray:
     store = retriever.store
@@ -96,11 +103,18 @@ def _ftrace_rows(retriever: Retriever, q: Query, qf: QueryFeatures, texts: list[
 
 def _rank_all(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
               on_progress: Callable[[int, int, str], None] | None,
-              deadline: float | None) -> dict[str, dict[str, list[tuple[str, float]]]]:
+              deadline: float | None) -> tuple[Runs, StabilityRuns]:
+    """Every method's ranked run, and per-hit stability of the gradient methods' top :data:`HITS_K`."""
+    from tracer.metrics.details import HITS_K
+    from tracer.metrics.stability import stability_block
+    from tracer.retrieval import Retrieval
+
     store = retriever.store
     k = max(cfg.ks)
     texts = [store.document(i).text for i in range(store.n_documents)] if cfg.policy == "ftrace" else []
-    runs: dict[str, dict[str, list[tuple[str, float]]]] = {m: {} for m in cfg.methods}
+    runs: Runs = {m: {} for m in cfg.methods}
+    stab: StabilityRuns = {}
+    stab_methods = [m for m in cfg.methods if cfg.stability and cfg.policy != "full" and _has_stability(retriever, m)]
     source = cfg.candidates if cfg.policy == "candidates" else ("bm25" if cfg.policy == "ftrace" else "full")
     done = 0
     for s in range(0, len(queries), cfg.batch_size):
@@ -121,13 +135,26 @@ def _rank_all(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
             ranked = retriever.rank_many(qf, cfg.methods, k, rows, stopper(deadline))
             for m, (scores, top) in ranked.items():
                 runs[m][q.query_id] = [(store.doc_ids[int(r)], float(sc)) for sc, r in zip(scores, top)]
+            for m in stab_methods:  # the same measure as Tracer.trace's hits: top-HITS_K of these candidates
+                scores, top = ranked[m]
+                n = min(HITS_K, len(top))
+                r = Retrieval(qf, scores[:n], top[:n], len(rows), {}, candidate_rows=rows)
+                stab.setdefault(m, {})[q.query_id] = stability_block(retriever.stability(r, m, HITS_K), n)
             qf.cache.clear()  # keep memory flat across queries
         done += len(batch)
         if on_progress:
             on_progress(done, len(queries), "rank")
     for fusion in cfg.fusions:
         runs[f"rrf({fusion})"] = _fuse([runs[m] for m in fusion.split("+")], k)
-    return runs
+    return runs, stab
+
+
+def _has_stability(retriever: Retriever, method: str) -> bool:
+    """Whether ``method``'s hits get a stability measure: a gradient method over 2+ checkpoints."""
+    from tracer.methods.base import GradientMethod
+
+    m = retriever.method(method)
+    return isinstance(m, GradientMethod) and len(m.checkpoint_indices()) > 1
 
 
 def _fuse(method_runs: list[dict[str, list[tuple[str, float]]]], k: int) -> dict[str, list[tuple[str, float]]]:
@@ -178,7 +205,7 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
     if cfg.policy == "candidates":
         retriever.check_candidates(cfg.candidates)
     t0 = time.perf_counter()
-    runs = _rank_all(retriever, queries, cfg, on_progress, deadline)
+    runs, stab = _rank_all(retriever, queries, cfg, on_progress, deadline)
     qrels = {q.query_id: set(q.proponents) for q in queries}
     groups = {q.query_id: q.relation or "?" for q in queries}
     methods: dict[str, Any] = {}
@@ -186,7 +213,7 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
     for m in cfg.run_names:
         per_query[m] = evaluate_run({qid: [d for d, _ in r] for qid, r in runs[m].items()}, qrels, cfg.ks)
         methods[m] = {"candidates": _label(cfg), **aggregate(per_query[m], groups, n_boot=cfg.n_boot, seed=cfg.seed)}
-    details = run_details(runs, qrels, per_query, max(cfg.ks))
+    details = run_details(runs, qrels, per_query, max(cfg.ks), stab)
     if cfg.tail_patch:
         patched = _add_tail_patch(retriever, queries, runs, cfg, methods, on_progress)
         for m, rows in patched.items():
@@ -204,7 +231,21 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
     details["documents"] = _shown_documents(retriever, details)
     report = {"title": f"tracer benchmark on {store.name}", "settings": settings, "methods": methods,
               "provenance": provenance(retriever), "details": details}
+    if stab:
+        report["stability"] = stability_summary(details, qrels, cfg.n_boot, cfg.seed)
     return EvalResult(report, runs, qrels)
+
+
+def stability_summary(details: dict[str, Any], qrels: dict[str, set[str]], n_boot: int,
+                      seed: int) -> dict[str, Any]:
+    """The report's stability table: per method, proponent rates of stable vs unstable hits at equal rank
+    (:func:`tracer.metrics.stability.summarize`) over the top :data:`~tracer.metrics.details.HITS_K`."""
+    from tracer.metrics.details import HITS_K
+    from tracer.metrics.stability import hit_matrix, summarize
+
+    return {"k": HITS_K, "methods": {
+        m: summarize(hit_matrix(details["hits"][m], st, qrels, HITS_K), n_boot=n_boot, seed=seed)
+        for m, st in details["stability"].items()}}
 
 
 def _shown_documents(retriever: Retriever, details: dict[str, Any]) -> dict[str, str]:

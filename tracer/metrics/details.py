@@ -11,6 +11,8 @@ same from a local or a remote evaluation. Layout::
                                      "ranks": [1-based ranks of the proponents in the run],
                                      "tail_patch"?: float}}},
         "hits": {method: {qid: [[doc_id, score], ...]}},      # the top HITS_K, best first
+        "stability": {method: {qid: [[topk_fraction, stable, low, high] | None, ...]}},  # aligned with
+                                                              # "hits"; gradient methods over 2+ checkpoints
         "documents": {doc_id: text},                          # every hit and proponent, truncated
         "score_hist": {method: {"edges": [...], "proponents": [counts], "others": [counts]}},
         "depth": int,                                         # length of the ranked lists
@@ -95,7 +97,8 @@ def score_histogram(run: ScoredRun, qrels: Mapping[str, Collection[str]],
 
 
 def run_details(runs: Mapping[str, ScoredRun], qrels: Mapping[str, Collection[str]],
-                per_query: Mapping[str, Mapping[str, Mapping[str, float]]], depth: int) -> dict[str, Any]:
+                per_query: Mapping[str, Mapping[str, Mapping[str, float]]], depth: int,
+                stability: Mapping[str, Mapping[str, Sequence[Any]]] | None = None) -> dict[str, Any]:
     """The ``details`` block, less ``queries``, ``documents`` and ``tail_patch`` (the caller owns those).
 
     Args:
@@ -103,6 +106,9 @@ def run_details(runs: Mapping[str, ScoredRun], qrels: Mapping[str, Collection[st
         qrels: Query id -> relevant doc ids.
         per_query: Method -> :func:`tracer.metrics.evaluate_run` output.
         depth: Length the ranked lists were cut at.
+        stability: Method -> query id -> per-hit ``[topk_fraction, stable, low, high]`` (or ``None``)
+            aligned with the top hits (:func:`tracer.metrics.stability.stability_block`); kept as
+            ``"stability"`` when given and non-empty.
     """
     pq: dict[str, dict[str, dict[str, Any]]] = {}
     for m, run in runs.items():
@@ -111,5 +117,8 @@ def run_details(runs: Mapping[str, ScoredRun], qrels: Mapping[str, Collection[st
             row: dict[str, Any] = {k: metrics[k] for k in PER_QUERY_METRICS if k in metrics}
             row["ranks"] = proponent_ranks([d for d, _ in run.get(qid, ())], qrels[qid])
             pq[m][qid] = row
-    return {"per_query": pq, "hits": {m: top_hits(r) for m, r in runs.items()},
-            "score_hist": {m: score_histogram(r, qrels) for m, r in runs.items()}, "depth": int(depth)}
+    out = {"per_query": pq, "hits": {m: top_hits(r) for m, r in runs.items()},
+           "score_hist": {m: score_histogram(r, qrels) for m, r in runs.items()}, "depth": int(depth)}
+    if stability:
+        out["stability"] = {m: {q: list(v) for q, v in rows.items()} for m, rows in stability.items()}
+    return out

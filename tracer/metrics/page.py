@@ -44,7 +44,8 @@ SETTING_LABELS: tuple[tuple[str, str], ...] = (
     ("seed", "seed"), ("batch_size", "queries featurized together"), ("tail_patch", "tail-patch check"),
     ("tail_patch_k", "tail-patch: top examples stepped on"), ("tail_patch_lr", "tail-patch: SGD step size"),
     ("tail_patch_checkpoint", "tail-patch: checkpoint stepped from"),
-    ("tail_patch_max_queries", "tail-patch: queries"), ("seconds", "evaluation time (s)"))
+    ("tail_patch_max_queries", "tail-patch: queries"), ("stability", "per-hit stability over checkpoints"),
+    ("seconds", "evaluation time (s)"))
 
 EXPLANATIONS = """
 <dl class="explain">
@@ -85,7 +86,9 @@ code{background:#f2f4f7;padding:0 .2em}
 .hits .col{border:1px solid #d5d9e0;border-radius:4px;padding:.4em}.hits h4{margin:.1em 0 .3em}
 .hit{border-top:1px solid #eee;padding:2px 0;font-size:.85em}.hit.pro{background:#e6f4ea}
 .hit .id{font-family:monospace}.hit .sc{float:right;font-family:monospace;color:#445}.txt{color:#333}
-.ok{color:#1a7f37;font-weight:700}dl.prov dt{font-weight:600}dl.prov dd{margin:0 0 .4em 1.5em}
+.ok{color:#1a7f37;font-weight:700}
+.stab{font-family:monospace;font-size:.85em;padding:0 .3em;margin-right:.3em;border-radius:3px;background:#eef0f3;color:#556}
+.stab.st{background:#d8efe0;color:#1a7f37}#stability td{white-space:nowrap}dl.prov dt{font-weight:600}dl.prov dd{margin:0 0 .4em 1.5em}
 """
 
 
@@ -190,6 +193,32 @@ def _agreement_section(hits: Mapping[str, Mapping[str, Sequence[Sequence[Any]]]]
             f'<table id="agreement"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
+def _stability_section(stab: Mapping[str, Any]) -> str:
+    """Proponent rate of stable vs unstable hits at equal rank, per method (:mod:`tracer.metrics.stability`)."""
+    k = int(stab.get("k", 10))
+    rows = []
+    for m, s in (stab.get("methods") or {}).items():
+        def rate(v: Any) -> str:
+            return MISSING if v is None else f"{v:.3f}"
+
+        ci = s.get("ci95")
+        diff = MISSING if s.get("difference") is None else f"{s['difference']:+.3f}" + (
+            f' <span class="ci">[{ci[0]:+.3f}, {ci[1]:+.3f}]</span>' if ci else "")
+        share = MISSING if s.get("stable_share") is None else f"{100 * s['stable_share']:.1f}%"
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+            html.escape(str(m)), str(s.get("queries", MISSING)), str(s.get("hits", MISSING)), share,
+            rate(s.get("proponent_rate_stable")), rate(s.get("proponent_rate_unstable")), diff)) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("method", "queries", "hits", "stable share", "proponent rate, stable",
+                                             "proponent rate, unstable", "difference [95% CI]"))
+    return (f"<h2>Stability: are stable hits more often proponents?</h2><p class=\"note\">A hit is <i>stable</i> "
+            f"when it is in the top {k} under every checkpoint alone. Rank by rank (top {k}), the share of "
+            "proponents among stable hits minus the share among unstable ones, pooled over the ranks that hold "
+            "both kinds (weighted by their hits), so a method is not credited for putting stable hits first; "
+            "95% percentile-bootstrap interval over queries. An interval across 0 means the flag says nothing "
+            "about the document on this benchmark.</p>"
+            f'<table id="stability"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
 def _group_tables(methods: Mapping[str, Mapping[str, Any]]) -> str:
     groups = sorted({g for res in methods.values() for g in res.get("by_group", {})})
     if not groups:
@@ -226,10 +255,11 @@ def _charts_section(report: Mapping[str, Any], methods: Mapping[str, Any], detai
     return "\n".join(out)
 
 
-def _drilldown(details: Mapping[str, Any]) -> str:
+def _drilldown(details: Mapping[str, Any], n_checkpoints: int = 0) -> str:
     data = {"queries": [{"id": q, **v} for q, v in details["queries"].items()],
             "methods": list(details["per_query"]), "per_query": details["per_query"],
-            "hits": details["hits"], "documents": details.get("documents", {})}
+            "hits": details["hits"], "documents": details.get("documents", {}),
+            "stability": details.get("stability") or {}, "n_checkpoints": int(n_checkpoints)}
     blob = json.dumps(data, separators=(",", ":"), sort_keys=True).replace("</", "<\\/")
     return ("<h2>Per query</h2><div id=\"dd-controls\"><input id=\"dd-search\" type=\"search\" "
             "placeholder=\"filter: words of the prompt or target, a relation, a query or doc id\">"
@@ -237,7 +267,9 @@ def _drilldown(details: Mapping[str, Any]) -> str:
             "<label><input id=\"dd-miss\" type=\"checkbox\"> only queries some method misses in its top 10</label>"
             "<span id=\"dd-count\" class=\"note\"></span></div>"
             "<p class=\"note\">Cells: rank of the first proponent per method (· = not in the ranked list). "
-            "Click a row for the hits.</p><div id=\"dd-list\"></div><div id=\"dd-detail\"></div>"
+            "Click a row for the hits. Beside a gradient method's hit, <span class=\"stab st\">3/3</span> counts "
+            "the checkpoints in whose own top 10 it is (green: all of them, the hit is <i>stable</i>); hover it "
+            "for the 95% interval of the score over checkpoints.</p><div id=\"dd-list\"></div><div id=\"dd-detail\"></div>"
             f'<script type="application/json" id="dd-data">{blob}</script><script>{DRILLDOWN_JS}</script>')
 
 
@@ -293,10 +325,12 @@ def render_page(report: Mapping[str, Any], methods: Mapping[str, Mapping[str, An
         if len(details["per_query"]) > 1:
             body.append(_paired_section(methods, details["per_query"], int(settings.get("seed", 0) or 0)))
             body.append(_agreement_section(details["hits"]))
+    if (report.get("stability") or {}).get("methods"):
+        body.append(_stability_section(report["stability"]))
     body.append("<h2>Per relation</h2>" + _group_tables(methods) if any(r.get("by_group") for r in methods.values())
                 else "")
     if details:
-        body.append(_drilldown(details))
+        body.append(_drilldown(details, len((report.get("provenance") or {}).get("checkpoints") or [])))
     body += [_provenance(report.get("provenance"), settings), _settings(settings)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
@@ -353,9 +387,14 @@ function renderDetail(q){
     let line='RR '+fmt(pq.mrr)+' · recall@10 '+fmt(pq['recall@10']);
     if(pq.tail_patch!==undefined)line+=' · tail-patch '+fmt(pq.tail_patch);
     col.appendChild(el('div','note',line));
+    const st=(D.stability[m]||{})[q.id]||[];
     (D.hits[m][q.id]||[]).forEach(([doc,score],i)=>{
       const h=el('div','hit'+(pro.has(doc)?' pro':''));
       h.appendChild(el('span','sc',fmt(score)));
+      if(st[i]){const [f,ok,lo,hi]=st[i],n=D.n_checkpoints;
+        const b=el('span','stab'+(ok?' st':''),n?Math.round(f*n)+'/'+n:Math.round(100*f)+'%');
+        b.title=(ok?'stable: ':'')+'in the top 10 of '+Math.round(100*f)+'% of checkpoints; score over checkpoints, 95% interval ['+fmt(lo)+', '+fmt(hi)+']';
+        h.appendChild(b);}
       h.appendChild(el('span','id',(i+1)+'. '+(pro.has(doc)?'✓ ':'')+doc+' '));
       h.appendChild(el('div','txt',D.documents[doc]||''));col.appendChild(h);});
     grid.appendChild(col);

@@ -170,13 +170,19 @@ def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any]) -> 
 def per_query_lines(details: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One record per query: the fact, its proponents and, per method, its metrics (``mrr``,
     ``recall@10``, ``success@10``, ``ndcg@10``, ``tail_patch`` where run), the proponents' ranks
-    and the top hits as ``[doc_id, score]``."""
+    and the top hits as ``[doc_id, score]``; for methods with per-hit stability, ``stability``: one
+    ``{"topk_fraction", "stable", "interval": [low, high]}`` (or ``null``) per top hit, aligned with ``top``."""
+    from tracer.metrics.stability import hit_records
+
+    stab = details.get("stability") or {}
     out = []
     for qid, q in details["queries"].items():
         per_method = {}
         for m, rows in details["per_query"].items():
             if qid in rows:
                 per_method[m] = {**rows[qid], "top": details["hits"].get(m, {}).get(qid, [])}
+                if qid in stab.get(m, {}):
+                    per_method[m]["stability"] = hit_records(stab[m][qid])
         out.append({"query_id": qid, **q, "methods": per_method})
     return out
 
