@@ -207,3 +207,93 @@ def load(index_dir: str | Path, fingerprint: str) -> Calibration | None:
                                  f"{cal.index_fingerprint[:12]}, this one {fingerprint[:12]}): run "
                                  "`tracer calibrate` again")
     return cal
+
+
+def _reciprocal_rank(rows: np.ndarray, props: np.ndarray) -> float:
+    hit = np.nonzero(np.isin(rows, props))[0]
+    return 1.0 / (hit[0] + 1) if len(hit) else 0.0
+
+
+def frontier(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the Pareto-optimal points of ``(latency, quality)`` pairs: no other point is at least
+    as fast and at least as good and strictly better in one. Sorted by latency (ties: by index)."""
+    out = []
+    for i, (ms, q) in enumerate(points):
+        dominated = any((m2 <= ms and q2 >= q and (m2 < ms or q2 > q)) for j, (m2, q2) in enumerate(points) if j != i)
+        if not dominated:
+            out.append(i)
+    return sorted(out, key=lambda i: (points[i][0], i))
+
+
+def pareto(tracer: Any, queries: Sequence[Query], *, method: str = "tracin", budgets: Sequence[float] = (),
+           max_queries: int = 200, seed: int = 0, k: int = 10, sizes: Sequence[int] = SIZES,
+           progress: bool = True) -> dict[str, Any]:
+    """MRR@``k`` against latency for every fixed cascade, and for ``auto`` at each budget, on a benchmark.
+
+    The queries with proponents in the index are shuffled with ``seed`` and cut to ``max_queries``; the
+    first half calibrates (:func:`calibrate`, not saved), the second is evaluated. Each evaluated query
+    is featurized once (timed); every cascade (source x size, and the full scan) then gathers candidates
+    and reranks with ``method``, timed, so a cascade's latency is the query's featurize time plus its own
+    stages. For each budget, ``auto`` picks from the calibration alone (:func:`choose`) and is compared
+    with the best fixed cascade whose *measured* p50 fits the budget.
+
+    Returns:
+        ``{"method", "k", "calibration_queries", "evaluated_queries", "evaluated_ids", "calibration": {...},
+        "fixed": [{"source", "n", "mrr", "p50_ms", "ceiling"}], "frontier": [indices into fixed],
+        "budgets": [{"budget_ms", "auto", "auto_fits_estimate", "auto_mrr", "auto_p50_ms", "auto_ceiling",
+        "best_fixed", "best_fixed_mrr", "auto_over_best"}]}`` (latencies in ms, rounded to 0.1).
+
+    Raises:
+        InvalidRequestError: Fewer than 2 queries with proponents in the index, or a budget <= 0.
+    """
+    from tqdm.auto import tqdm
+
+    for b in budgets:
+        if not (b > 0):
+            raise InvalidRequestError(f"budgets must be > 0 ms, got {b}")
+    store, r = tracer.store, tracer.retriever
+    known = set(store.doc_ids)
+    qs = [q for q in queries if set(q.proponents) & known]
+    if len(qs) < 2:
+        raise InvalidRequestError(f"the cascade benchmark needs >= 2 queries with proponents in the index, "
+                                  f"got {len(qs)}")
+    rng = np.random.default_rng(seed)
+    qs = [qs[i] for i in rng.permutation(len(qs))[: max(2, max_queries)]]
+    calib, held = qs[: len(qs) // 2], qs[len(qs) // 2:]
+    cal = calibrate(tracer, calib, method=method, sizes=sizes)
+    opts = cal.options()
+    rr: dict[tuple[str, int], list[float]] = {(o.source, o.n): [] for o in opts}
+    ms: dict[tuple[str, int], list[float]] = {(o.source, o.n): [] for o in opts}
+    for q in tqdm(held, desc="cascades", unit="query", disable=not progress):
+        t0 = time.perf_counter()
+        f = r.features([(q.prompt, q.target)], [method], "union")[0]
+        feat = (time.perf_counter() - t0) * 1e3
+        props = store.rows([d for d in q.proponents if d in known])
+        for o in opts:
+            t0 = time.perf_counter()
+            rows = None if o.source == FULL else r.candidates(f, o.source, o.n)
+            _, top = r.rank(f, method, k, rows)
+            ms[(o.source, o.n)].append(feat + (time.perf_counter() - t0) * 1e3)
+            rr[(o.source, o.n)].append(_reciprocal_rank(top, props))
+    fixed = [{"source": s, "n": n, "mrr": round(float(np.mean(rr[(s, n)])), 4),
+              "p50_ms": round(float(np.median(ms[(s, n)])), 1), "ceiling": cal.ceiling(s, n)} for s, n in rr]
+    rows_out = []
+    for b in budgets:
+        opt, fits = choose(cal, float(b))
+        auto = next(row for row in fixed if (row["source"], row["n"]) == (opt.source, opt.n))
+        within = [row for row in fixed if row["p50_ms"] <= b]
+        best = max(within, key=lambda row: row["mrr"]) if within else None
+        rows_out.append({"budget_ms": float(b), "auto": cascade_name(opt.source, opt.n), "auto_fits_estimate": fits,
+                         "auto_mrr": auto["mrr"], "auto_p50_ms": auto["p50_ms"], "auto_ceiling": auto["ceiling"],
+                         "best_fixed": cascade_name(best["source"], best["n"]) if best else None,
+                         "best_fixed_mrr": best["mrr"] if best else None,
+                         "auto_over_best": round(auto["mrr"] / best["mrr"], 3) if best and best["mrr"] else None})
+    return {"method": method, "k": k, "calibration_queries": len(calib), "evaluated_queries": len(held),
+            "evaluated_ids": [q.query_id for q in held], "seed": seed, "calibration": json.loads(cal.to_json()),
+            "fixed": fixed,
+            "frontier": frontier([(row["p50_ms"], row["mrr"]) for row in fixed]), "budgets": rows_out}
+
+
+def cascade_name(source: str, n: int) -> str:
+    """``bm25@100``, or ``full`` for the full scan."""
+    return FULL if source == FULL else f"{source}@{n}"

@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"seed of the --max-queries sample (default {DEFAULT_SEED})")
     p.add_argument("--tail-patch", action="store_true", help="run the tail-patch causal check")
     p.add_argument("--tail-patch-queries", type=int, default=200)
+    p.add_argument("--cascade-budgets", default=None, metavar="MS,MS,...",
+                   help="also measure MRR against latency for every fixed cascade and for candidates=auto at these "
+                        "budgets (ms), on the same queries: a Pareto plot in report.html (in-process only)")
+    p.add_argument("--cascade-method", default="tracin", help="reranking method of the cascades (default tracin)")
+    p.add_argument("--cascade-queries", type=int, default=200,
+                   help="queries for the cascades: half calibrate, half are timed (default 200)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--server", help="HOST:PORT of a tracer server (evaluate remotely)")
     p.add_argument("--token-file", help="auth token file for --server")
@@ -139,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     report_path = Path(args.train_report) if args.train_report else (
         None if args.server else default_train_report(args.index))
+    budgets = parse_budgets(args.cascade_budgets)
     queries = select_queries(load_queries(args.queries), args.slice, report_path, args.max_queries, args.seed)
     methods = [m for m in args.methods.split(",") if m]
     progress = StageBars()
@@ -149,9 +156,11 @@ def run(args: argparse.Namespace) -> int:
         if args.server:
             if args.fuse:
                 raise DataError("--fuse is computed in-process; run without --server")
+            if args.cascade_budgets:
+                raise DataError("--cascade-budgets times the cascades in-process; run without --server")
             report = _remote(args, queries, kw, progress)
         else:
-            report = _local(args, queries, kw, progress, out)
+            report = _local(args, queries, kw, progress, out, budgets)
     finally:
         progress.close()
     write_report(out, report)
@@ -164,13 +173,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local(args: argparse.Namespace, queries: list[Any], kw: dict[str, Any], progress: Any, out: Path) -> dict:
+def parse_budgets(text: str | None) -> list[float]:
+    """``--cascade-budgets``: comma-separated positive milliseconds (empty or ``None``: no cascades)."""
+    if not text:
+        return []
+    try:
+        budgets = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DataError(f"--cascade-budgets must be comma-separated milliseconds, got {text!r}") from None
+    if not budgets or any(not (b > 0) for b in budgets):
+        raise DataError(f"--cascade-budgets must be positive milliseconds, got {text!r}")
+    return budgets
+
+
+def _local(args: argparse.Namespace, queries: list[Any], kw: dict[str, Any], progress: Any, out: Path,
+           budgets: Sequence[float] = ()) -> dict:
     from tracer.evaluation import EvalConfig, run_evaluation
     from tracer.metrics.trec import write_qrels, write_run
     from tracer.tracer import Tracer
 
     tracer = Tracer.open(args.index, **model_overrides(args))
     res = run_evaluation(tracer.retriever, queries, EvalConfig(**kw, fusions=tuple(args.fuse)), on_progress=progress)
+    if budgets:
+        from tracer import cascade
+
+        res.report["cascade"] = cascade.pareto(tracer, queries, method=args.cascade_method, budgets=budgets,
+                                               max_queries=args.cascade_queries, seed=args.seed)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for m, run_ in res.runs.items():
         write_run(out / "runs" / f"{m}.trec", run_, tag=f"tracer-{m}")

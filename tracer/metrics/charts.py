@@ -1,8 +1,9 @@
 """The report's charts, each a PNG (bytes) drawn with matplotlib on an explicit Agg canvas.
 
 This module owns the figures of ``report.html``: the summary bars, recall@k / success@k curves,
-per-relation bars, the histogram of the first proponent's rank and the standardized score
-distributions. Inputs are the report dict's plain data (see :mod:`tracer.metrics.report` and
+per-relation bars, the histogram of the first proponent's rank, the standardized score
+distributions, and the cascades' MRR-against-latency Pareto plot (inline SVG, with one ``id`` per
+point so the page can be checked against the data it was drawn from). Inputs are the report dict's plain data (see :mod:`tracer.metrics.report` and
 :mod:`tracer.metrics.details`). matplotlib is imported lazily inside each function and no pyplot
 state is touched, so importing this module has no side effects and needs no display.
 """
@@ -15,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RANK_BINS", "bar_chart", "curves_chart", "first_rank_chart", "relation_chart", "score_chart"]
+__all__ = ["RANK_BINS", "bar_chart", "curves_chart", "first_rank_chart", "pareto_svg", "point_id", "relation_chart",
+           "score_chart"]
 
 # Buckets of the first-proponent-rank histogram: (label, lowest rank, highest rank); None = not ranked.
 RANK_BINS: tuple[tuple[str, int | None, int | None], ...] = (
@@ -38,6 +40,18 @@ def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _svg(fig: Any) -> str:
+    """The figure as an ``<svg>`` element for inline use: text kept as text, no date, stable ids."""
+    from matplotlib import rc_context
+
+    fig.tight_layout()
+    buf = io.StringIO()
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "tracer-report"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
 
 
 def _colors(names: Sequence[str]) -> dict[str, Any]:
@@ -202,3 +216,59 @@ def score_chart(score_hist: Mapping[str, Mapping[str, Sequence[float]]]) -> byte
     axes[0].legend(fontsize=7, frameon=False)
     fig.supxlabel("score, standardized within each query's ranked list (z)", fontsize=8)
     return _png(fig)
+
+
+def _name(row: Mapping[str, Any]) -> str:
+    return "full scan" if row["source"] == "full" else f"{row['source']}@{row['n']}"
+
+
+def point_id(source: str, n: int) -> str:
+    """The SVG ``id`` of one cascade's point: ``cascade-bm25-100``, ``cascade-full``."""
+    return "cascade-full" if source == "full" else f"cascade-{source}-{int(n)}"
+
+
+def pareto_svg(block: Mapping[str, Any]) -> str:
+    """MRR against measured p50 latency: one point per fixed cascade (coloured by candidate source; the full
+    scan a square), the Pareto frontier as a step line, and ``auto``'s pick at each budget ringed and labelled.
+
+    Args:
+        block: :func:`tracer.cascade.pareto`'s output (``fixed``, ``frontier``, ``budgets``, ``k``).
+
+    Returns:
+        An ``<svg>`` element. Each fixed cascade is a group with ``id`` :func:`point_id`; each distinct
+        ``auto`` pick a ring ``auto-<source>-<n>`` (``auto-full``), labelled with the budgets that chose it.
+    """
+    fixed = list(block["fixed"])
+    sources = sorted({row["source"] for row in fixed if row["source"] != "full"})
+    colors = _colors(sources)
+    fig = _figure(8.0, 4.2)
+    ax = fig.add_subplot()
+    for s in sources:  # one legend entry per source, then each point its own artist (its own id)
+        ax.plot([], [], "o", color=colors[s], label=s)
+    for row in fixed:
+        full = row["source"] == "full"
+        ax.plot([row["p50_ms"]], [row["mrr"]], "s" if full else "o", ms=7 if full else 5.5,
+                color="#555" if full else colors[row["source"]], gid=point_id(row["source"], row["n"]),
+                label="full scan" if full else None, zorder=3)
+    front = [fixed[i] for i in block.get("frontier", [])]
+    if front:
+        ax.step([r["p50_ms"] for r in front], [r["mrr"] for r in front], where="post", color="#999", lw=1,
+                ls="--", label="Pareto frontier", zorder=2)
+        for r in front:
+            ax.annotate(_name(r), (r["p50_ms"], r["mrr"]), xytext=(5, -10), textcoords="offset points", fontsize=7,
+                        color="#556")
+    picks: dict[tuple[float, float, str], list[float]] = {}  # auto's pick -> the budgets that chose it
+    for b in block.get("budgets", []):
+        picks.setdefault((b["auto_p50_ms"], b["auto_mrr"], b["auto"]), []).append(b["budget_ms"])
+    for i, ((x, y, name), budgets) in enumerate(picks.items()):
+        ax.plot([x], [y], "o", ms=13, mfc="none", mec="#111", mew=1.3, gid=f"auto-{name.replace('@', '-')}",
+                label="auto's pick" if i == 0 else None, zorder=4)
+        ax.annotate("auto ≤ " + ", ".join(f"{v:g}" for v in budgets) + " ms", (x, y), xytext=(9, 4 + 10 * i),
+                    textcoords="offset points", fontsize=7, color="#111")
+    ax.margins(x=0.06, y=0.1)
+    ax.set_xlabel("measured p50 latency per query (ms)")
+    ax.set_ylabel(f"MRR@{int(block.get('k', 10))}")
+    ax.set_title(f"Cascades: MRR against latency ({block.get('method', '')} rerank)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    return _svg(fig)

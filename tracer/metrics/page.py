@@ -1,9 +1,11 @@
 """``report.html``: one self-contained page (inline CSS, JS and base64 PNGs; nothing fetched).
 
 This module owns the page's layout. Results come first — the summary table with the best value
-per column marked, how to read it, the charts, paired tests, agreement between methods, per-relation
-tables and a per-query drill-down (a search box, then the fact, its proponents and each method's
-top hits with ✓ marks and scores) — then provenance and the settings. Sections whose data the
+per column marked, how to read it, the charts, paired tests, agreement between methods, the
+stability table (are hits stable across checkpoints more often proponents?), the cascades' Pareto
+plot when measured (``tracer eval --cascade-budgets``), per-relation tables and a per-query
+drill-down (a search box, then the fact, its proponents and each method's top hits with ✓ marks,
+scores and a stability marker) — then provenance and the settings. Sections whose data the
 report lacks (a report without ``details``, say) are left out. Every string from the data is
 escaped: HTML text through :func:`html.escape`, the drill-down's JSON through ``textContent``.
 """
@@ -19,7 +21,7 @@ from typing import Any
 from tracer.metrics import charts
 from tracer.metrics.compare import pairwise, topk_jaccard
 
-__all__ = ["render_page"]
+__all__ = ["render_cascade_page", "render_page"]
 
 # Summary columns: (header, metric key in a method's "all" dict). Higher is better for each.
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -88,7 +90,7 @@ code{background:#f2f4f7;padding:0 .2em}
 .hit .id{font-family:monospace}.hit .sc{float:right;font-family:monospace;color:#445}.txt{color:#333}
 .ok{color:#1a7f37;font-weight:700}
 .stab{font-family:monospace;font-size:.85em;padding:0 .3em;margin-right:.3em;border-radius:3px;background:#eef0f3;color:#556}
-.stab.st{background:#d8efe0;color:#1a7f37}#stability td{white-space:nowrap}dl.prov dt{font-weight:600}dl.prov dd{margin:0 0 .4em 1.5em}
+.stab.st{background:#d8efe0;color:#1a7f37}.svg svg{max-width:100%;height:auto}#stability td{white-space:nowrap}dl.prov dt{font-weight:600}dl.prov dd{margin:0 0 .4em 1.5em}
 """
 
 
@@ -219,6 +221,55 @@ def _stability_section(stab: Mapping[str, Any]) -> str:
             f'<table id="stability"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
+def _num(v: Any, fmt: str) -> str:
+    return MISSING if v is None else format(v, fmt)
+
+
+def cascade_section(block: Mapping[str, Any]) -> str:
+    """The cascades' Pareto plot (inline SVG) and tables, from :func:`tracer.cascade.pareto`'s output."""
+    k = int(block.get("k", 10))
+    fixed = list(block.get("fixed", []))
+    on_front = set(block.get("frontier", []))
+    brows = []
+    for b in block.get("budgets", []):
+        pick = html.escape(str(b["auto"])) + ("" if b.get("auto_fits_estimate", True) else
+                                              ' <span class="ci">(nothing fits the estimate: the cheapest)</span>')
+        brows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+            f"{b['budget_ms']:g} ms", pick, _num(b.get("auto_ceiling"), ".3f"), _num(b["auto_mrr"], ".3f"),
+            _num(b["auto_p50_ms"], ".1f") + " ms", html.escape(str(b.get("best_fixed") or MISSING)),
+            _num(b.get("best_fixed_mrr"), ".3f"), _num(b.get("auto_over_best"), ".3f"))) + "</tr>")
+    bhead = "".join(f"<th>{h}</th>" for h in ("budget", "<code>auto</code> picks", "its recall ceiling",
+                                              f"its MRR@{k}", "its measured p50", "best fixed cascade within budget",
+                                              f"its MRR@{k}", "auto / best"))
+    frows = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in (
+            html.escape("full scan" if r["source"] == "full" else f"{r['source']}@{r['n']}"),
+            _num(r.get("ceiling"), ".3f"), _num(r["mrr"], ".3f"), _num(r["p50_ms"], ".1f") + " ms",
+            "★" if i in on_front else "")) + "</tr>" for i, r in enumerate(fixed))
+    cal = block.get("calibration") or {}
+    origin = cal.get("origin", "benchmark")
+    return (f"<h2>Cascades: MRR against latency</h2><p class=\"note\">{int(block.get('calibration_queries', 0))} "
+            f"queries calibrate the index (recall ceilings and stage costs, {html.escape(str(origin))} queries), "
+            f"{int(block.get('evaluated_queries', 0))} others are evaluated: each is featurized once, then every "
+            f"cascade (candidate source × size, and the full scan) gathers its candidates and reranks them with "
+            f"{html.escape(str(block.get('method', '')))}; its latency is the featurize time plus its own stages "
+            f"(median over the queries, this machine). <code>auto</code> picks from the calibration alone; it is "
+            f"compared with the best fixed cascade whose <i>measured</i> p50 fits the budget. ★: on the Pareto "
+            f"frontier (nothing else is both faster and better).</p>"
+            f'<div class="svg" id="cascade-chart">{charts.pareto_svg(block)}</div>'
+            f'<table id="cascade-budgets"><thead><tr>{bhead}</tr></thead><tbody>{"".join(brows)}</tbody></table>'
+            "<details><summary>Every fixed cascade</summary><table id=\"cascade-fixed\"><thead><tr><th>cascade</th>"
+            f"<th>recall ceiling (calibrated)</th><th>MRR@{k}</th><th>measured p50</th><th>frontier</th></tr></thead>"
+            f"<tbody>{frows}</tbody></table></details>")
+
+
+def render_cascade_page(block: Mapping[str, Any], title: str = "tracer cascades") -> str:
+    """:func:`cascade_section` as a self-contained page of its own (``eval/cascade.py --html``)."""
+    t = html.escape(title)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title>'
+            f"<style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n{cascade_section(block)}\n</body></html>\n")
+
+
 def _group_tables(methods: Mapping[str, Mapping[str, Any]]) -> str:
     groups = sorted({g for res in methods.values() for g in res.get("by_group", {})})
     if not groups:
@@ -327,6 +378,8 @@ def render_page(report: Mapping[str, Any], methods: Mapping[str, Mapping[str, An
             body.append(_agreement_section(details["hits"]))
     if (report.get("stability") or {}).get("methods"):
         body.append(_stability_section(report["stability"]))
+    if report.get("cascade"):
+        body.append(cascade_section(report["cascade"]))
     body.append("<h2>Per relation</h2>" + _group_tables(methods) if any(r.get("by_group") for r in methods.values())
                 else "")
     if details:
