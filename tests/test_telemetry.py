@@ -291,3 +291,53 @@ def test_verify_emits_one_evaluator_span(tracer_obj: Any, tiny_bench: Any, spans
         tracer_obj.verify(q.prompt, q.target, [])
     failed = spans.finished()[-1]
     assert failed.name == telemetry.VERIFY_SPAN_NAME and failed.status.status_code == StatusCode.ERROR
+
+
+def test_server_spans_join_the_clients_trace(tracer_obj: Any, tiny_bench: Any, spans: Spans) -> None:
+    """A client with an active span sends W3C traceparent; the server's Trace, BatchTrace and Verify spans
+    are its children (same trace id, parent = the client's span id). Loopback only, in-memory exporters."""
+    import grpc
+    from opentelemetry.trace import format_span_id, format_trace_id
+
+    from tracer._proto.tracer.v1 import tracer_pb2 as pb
+    from tracer._proto.tracer.v1 import tracer_pb2_grpc as pb_grpc
+    from tracer.client import TracerClient
+    from tracer.client.client import trace_context
+    from tracer.service import ServiceConfig, create_server
+
+    q = tiny_bench.queries[0]
+    client_side = Spans()  # the caller's own provider: its spans never mix with the server's
+    app = client_side.provider.get_tracer("app")
+    telemetry.instrument(tracer_obj, tracer_provider=spans.provider)
+    srv, port = create_server(ServiceConfig(port=0), {"tiny": tracer_obj})
+    srv.start()
+    try:
+        with TracerClient(f"127.0.0.1:{port}", timeout=60) as client:
+            assert trace_context() == ()  # no active span: nothing sent
+            client.trace(q.prompt, q.target, method="bm25", k=2)
+            with app.start_as_current_span("generate") as parent:
+                headers = dict(trace_context())
+                client.trace(q.prompt, q.target, method="bm25", k=2)
+                client.trace_batch([q, q], method="bm25", k=2)
+                client.verify(q.prompt, q.target, [tiny_bench.documents[0].doc_id], n_random=0)
+        # A traceparent written by hand (the W3C format), on the raw stub.
+        trace_id, span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            pb_grpc.TracerServiceStub(ch).Trace(
+                pb.TraceRequest(index="tiny", prompt=q.prompt, target=q.target, top_k=2, method=pb.METHOD_BM25),
+                metadata=[("traceparent", f"00-{trace_id:032x}-{span_id:016x}-01")], timeout=60)
+    finally:
+        srv.stop(0).wait()
+    ctx = parent.get_span_context()
+    assert headers["traceparent"] == (f"00-{format_trace_id(ctx.trace_id)}-"
+                                    f"{format_span_id(ctx.span_id)}-{int(ctx.trace_flags):02x}")
+    alone, *children, by_hand = spans.finished()
+    assert alone.parent is None and alone.context.trace_id != ctx.trace_id  # no client span: a trace of its own
+    assert [s.name for s in children] == [telemetry.SPAN_NAME] * 3 + [telemetry.VERIFY_SPAN_NAME]
+    for s in children:
+        assert s.parent is not None and s.parent.is_remote
+        assert (s.parent.trace_id, s.parent.span_id) == (ctx.trace_id, ctx.span_id)
+        assert s.context.trace_id == ctx.trace_id
+    assert (by_hand.context.trace_id, by_hand.parent.span_id) == (trace_id, span_id)
+    assert [s.name for s in client_side.finished()] == ["generate"]
+    client_side.provider.shutdown()

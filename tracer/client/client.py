@@ -9,6 +9,7 @@ trailer, and the status code decides when it does not. Every call carries a dead
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,26 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.TracerError]] = {
 
 
 _CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def trace_context() -> tuple[tuple[str, str], ...]:
+    """The caller's OpenTelemetry context as gRPC metadata (W3C ``traceparent``, ``tracestate``, and
+    whatever else the global propagator writes), so a server with spans on (``tracer serve
+    --otel-endpoint``) makes its Trace/Verify span a child of the caller's span.
+
+    Empty unless OpenTelemetry is imported and a valid span is current: the client itself never
+    imports OpenTelemetry, and a caller without spans pays nothing.
+    """
+    if "opentelemetry.trace" not in sys.modules:
+        return ()
+    from opentelemetry import propagate
+    from opentelemetry import trace as otel_trace
+
+    if not otel_trace.get_current_span().get_span_context().is_valid:
+        return ()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple((k.lower(), v) for k, v in carrier.items())
 
 
 def error_from_rpc(err: grpc.RpcError) -> errors.TracerError:
@@ -174,13 +195,13 @@ class TracerClient:
     # --- plumbing
     def _call(self, rpc: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         try:
-            return rpc(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return rpc(request, timeout=timeout or self.timeout, metadata=self._metadata + trace_context())
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
 
     def _stream(self, rpc: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
         try:
-            yield from rpc(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            yield from rpc(request, timeout=timeout or self.timeout, metadata=self._metadata + trace_context())
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
 

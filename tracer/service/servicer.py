@@ -13,10 +13,11 @@ import base64
 import binascii
 import inspect
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +172,36 @@ class IndexRegistry:
             return entry
 
 
+# W3C trace-context metadata keys a client may send (lower case, as gRPC delivers them).
+TRACE_CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")
+
+
+@contextmanager
+def remote_parent(context: grpc.ServicerContext) -> Iterator[None]:
+    """Make the caller's W3C trace context (``traceparent`` metadata) current while a call runs.
+
+    The server's OpenInference spans (:mod:`tracer.telemetry`) then become children of the client's
+    span, in the client's trace. A no-op when OpenTelemetry was never imported (spans are off: nothing
+    could use the context) or the call carries no ``traceparent``.
+    """
+    if "opentelemetry.trace" not in sys.modules:
+        yield
+        return
+    carrier = {k: v for k, v in (context.invocation_metadata() or ())
+               if k in TRACE_CONTEXT_KEYS and isinstance(v, str)}
+    if "traceparent" not in carrier:
+        yield
+        return
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate
+
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def call_deadline(context: grpc.ServicerContext) -> float | None:
     """The call's deadline as an absolute ``time.monotonic()`` value (``None`` without one)."""
     remaining = context.time_remaining()
@@ -220,7 +251,7 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
         query = convert.query_from_fields(request, "")
         opts = self._trace_options(entry, request)
         deadline = call_deadline(context)
-        with entry.use(deadline) as tracer:
+        with entry.use(deadline) as tracer, remote_parent(context):
             result = tracer.trace(query.prompt, query.target, query_id=query.query_id, deadline=deadline,
                                   **opts, **entry.cancel_check(context))
         return self._respond(result, entry, opts["include_text"])
@@ -240,10 +271,11 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
         for start in range(0, n, step):
             if not context.is_active():
                 raise CancelledError("BatchTrace: the client went away")
-            yield from self._batch_chunk(entry, request.queries[start:start + step], start, opts, deadline)
+            yield from self._batch_chunk(entry, request.queries[start:start + step], start, opts, deadline, context)
 
     def _batch_chunk(self, entry: IndexEntry, msgs: Sequence[pb.TraceQuery], start: int,
-                     opts: dict[str, Any], deadline: float | None) -> Iterator[pb.BatchTraceResponse]:
+                     opts: dict[str, Any], deadline: float | None,
+                     context: grpc.ServicerContext | None = None) -> Iterator[pb.BatchTraceResponse]:
         """Trace one chunk of a batch; a bad query becomes that position's error, not the stream's."""
         out: dict[int, pb.BatchTraceResponse] = {}
         valid: list[tuple[int, Query]] = []
@@ -254,7 +286,9 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
                 out[pos] = convert.batch_error(pos, _INVALID, str(exc))
         if valid:
             with entry.use(deadline) as tracer:
-                for pos, outcome in self._trace_many(tracer, valid, opts, deadline):
+                with remote_parent(context) if context is not None else nullcontext():  # not across a yield
+                    outcomes = self._trace_many(tracer, valid, opts, deadline)
+                for pos, outcome in outcomes:
                     if isinstance(outcome, InvalidRequestError):
                         out[pos] = convert.batch_error(pos, _INVALID, f"queries[{pos}]: {outcome}")
                     else:
@@ -350,7 +384,7 @@ class TracerServicer(pb_grpc.TracerServiceServicer):
         for i, doc_id in enumerate(request.example_ids):
             convert.require_text(doc_id, f"example_ids[{i}]")
         deadline = call_deadline(context)
-        with entry.use(deadline) as tracer:
+        with entry.use(deadline) as tracer, remote_parent(context):
             v = tracer.verify(request.prompt, request.target, list(request.example_ids),
                               checkpoint=request.checkpoint if request.HasField("checkpoint") else 0,
                               lr=request.lr if request.HasField("lr") else 1e-2,
