@@ -43,7 +43,36 @@ def as_documents(corpus: Any, columns: Mapping[str, str] | None = None) -> list[
     Raises:
         DataError: Unknown field names in ``columns``, a malformed row, repeated ids, or an empty corpus.
     """
-    from tracer.corpus.io import check_unique_ids, iter_rows, row_to_document
+    from tracer.corpus.io import check_unique_ids
+
+    docs = [d for _, d in _iter_documents(corpus, columns)]
+    if not docs:
+        raise DataError("corpus is empty")
+    check_unique_ids(((d.doc_id, f"row {i}") for i, d in enumerate(docs)), "document")
+    return docs
+
+
+def lazy_documents(corpus: Any, columns: Mapping[str, str] | None = None,
+                   spill_dir: str | Path | None = None) -> Any:
+    """:func:`as_documents`, but lazy: a :class:`tracer.corpus.DocumentFile` (8 bytes per document in memory).
+
+    A JSON-lines file without a ``columns`` mapping is read in place; anything else (another file
+    format, a ``datasets.Dataset``, an iterable of rows) is streamed once into a spill file in
+    ``spill_dir``, deleted when the result is closed or garbage-collected.
+
+    Raises:
+        DataError: As :func:`as_documents`.
+    """
+    from tracer.corpus.io import open_corpus, spill_documents
+
+    if isinstance(corpus, (str, Path)) and not columns:
+        return open_corpus(corpus, spill_dir=spill_dir)
+    return spill_documents((d for _, d in _iter_documents(corpus, columns)), spill_dir=spill_dir)
+
+
+def _iter_documents(corpus: Any, columns: Mapping[str, str] | None) -> Iterable[tuple[str, Document]]:
+    """``(location, document)`` for every row of ``corpus`` (see :func:`as_documents`), as they are read."""
+    from tracer.corpus.io import iter_rows, row_to_document
 
     cols = dict(columns or {})
     bad = sorted(set(cols) - set(FIELDS))
@@ -57,10 +86,13 @@ def as_documents(corpus: Any, columns: Mapping[str, str] | None = None) -> list[
         except TypeError:
             raise DataError(f"corpus must be a path, a datasets.Dataset or an iterable of dicts, "
                             f"got {type(corpus).__name__}") from None
-    docs: list[Document] = []
+    return _documents(rows, cols)
+
+
+def _documents(rows: Iterable[tuple[str, Any]], cols: dict[str, str]) -> Iterable[tuple[str, Document]]:
     for i, (where, row) in enumerate(rows):
         if isinstance(row, Document):
-            docs.append(row)
+            yield where, row
             continue
         if not isinstance(row, Mapping):
             raise DataError(f"{where}: expected a dict (or Document), got {type(row).__name__}")
@@ -68,11 +100,7 @@ def as_documents(corpus: Any, columns: Mapping[str, str] | None = None) -> list[
         if "id" in cols and cols["id"] not in row:
             raise DataError(f"{where}: no column {cols['id']!r} (mapped to 'id')")
         mapped.setdefault("id", str(i))
-        docs.append(row_to_document(mapped, where))
-    if not docs:
-        raise DataError("corpus is empty")
-    check_unique_ids(((d.doc_id, f"row {i}") for i, d in enumerate(docs)), "document")
-    return docs
+        yield where, row_to_document(mapped, where)
 
 
 def _is_model(obj: Any) -> bool:
@@ -148,13 +176,22 @@ def build_index(corpus: Any, model: Any, *, out: str | Path, tokenizer: Any = No
     Raises:
         DataError: Bad corpus, model, tokenizer or columns; ``out`` exists without ``overwrite``.
     """
+    out = Path(out)
+    save_dir = out.with_name(out.name + ".model")
+    docs = lazy_documents(corpus, columns, spill_dir=out.resolve().parent)  # never the whole corpus in memory
+    try:
+        return _build(docs, corpus, model, out, save_dir, tokenizer, checkpoints, config, lrs, overwrite, progress)
+    finally:
+        docs.close()
+
+
+def _build(docs: Any, corpus: Any, model: Any, out: Path, save_dir: Path, tokenizer: Any,
+           checkpoints: Sequence[Any] | None, config: Any, lrs: Sequence[float] | None, overwrite: bool,
+           progress: bool) -> Path:
     from tracer.index.build import IndexConfig
     from tracer.index.build import build_index as build
     from tracer.model.loading import checkpoint_provenance
 
-    out = Path(out)
-    save_dir = out.with_name(out.name + ".model")
-    docs = as_documents(corpus, columns)
     cks = as_checkpoints(model, checkpoints, lrs, save_dir)
     for c in cks:
         logger.info("%s", checkpoint_provenance(c.path, lr_flag=c.lr if lrs is not None else None))

@@ -29,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("--lr goes with --checkpoint")
     try:
         if args.corpus:
-            from tracer.corpus import load_corpus
+            from tracer.corpus import open_corpus
 
-            docs = load_corpus(args.corpus)
-            m = add_documents(args.index, docs, corpus_path=str(Path(args.corpus).resolve()))
-            what = f"{len(docs)} documents"
+            with open_corpus(args.corpus, spill_dir=Path(args.index).resolve().parent) as docs:  # read lazily
+                m = add_documents(args.index, docs, corpus_path=str(Path(args.corpus).resolve()))
+                what = f"{len(docs)} documents"
         else:
             from tracer.cli.cmd_build import resolve_checkpoints
             from tracer.model.loading import checkpoint_provenance

@@ -79,19 +79,20 @@ def resolve_checkpoints(model: str | None, checkpoints: list[str], lrs: list[flo
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer.corpus import load_corpus
+    from tracer.corpus import open_corpus
     from tracer.model.loading import checkpoint_provenance
 
     cks = resolve_checkpoints(args.model, args.checkpoint, args.lr)
     for c in cks:  # one line per checkpoint: where its lr and optimizer state come from
         print(checkpoint_provenance(c.path, lr_flag=c.lr if args.lr else None), flush=True)
-    docs = load_corpus(args.corpus)
-    if args.max_docs:
-        docs = docs[: args.max_docs]
-    try:
-        return _build(args, cks, docs)
-    except (FileExistsError, ValueError) as exc:
-        raise DataError(str(exc)) from None
+    if args.max_docs is not None and args.max_docs < 0:
+        raise DataError(f"--max-docs must be >= 0 (0: all), got {args.max_docs}")
+    # read lazily: a .jsonl in place, other formats spilled beside the index (deleted after)
+    with open_corpus(args.corpus, spill_dir=Path(args.out).resolve().parent, max_docs=args.max_docs or None) as docs:
+        try:
+            return _build(args, cks, docs)
+        except (FileExistsError, ValueError) as exc:
+            raise DataError(str(exc)) from None
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -108,7 +109,7 @@ def _engine(args: argparse.Namespace) -> Any:
         raise DataError(f"--engine ray needs Ray ({exc}): pip install 'tracer[ray]'") from None
 
 
-def _build(args: argparse.Namespace, cks: list, docs: list) -> int:
+def _build(args: argparse.Namespace, cks: list, docs: Any) -> int:
     from tracer.featurize.config import DEFAULT_DIM, FeaturizeConfig
     from tracer.index.build import IndexConfig, build_index
 

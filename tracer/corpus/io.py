@@ -15,6 +15,12 @@ Supported corpus files:
 * ``.parquet``: read with ``pyarrow.parquet``.
 * a directory written by ``datasets.Dataset.save_to_disk``: read with
   ``datasets.load_from_disk``.
+
+``load_corpus`` returns a list (the whole corpus in memory). ``open_corpus`` returns a
+:class:`DocumentFile` instead: a lazy, random-access ``Sequence[Document]`` over a JSON-lines
+file and an int64 array of line offsets (8 bytes per document), which reads a row when it is
+asked for. A plain ``.jsonl`` corpus is read in place; any other format is streamed once into a
+spill file (row by row: ``pyarrow`` record batches, ``datasets`` rows) and read from there.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
+
+import numpy as np
 
 from tracer._filemode import make_public
 from tracer.errors import DataError
@@ -37,14 +46,21 @@ from tracer.types import Document, Query
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DocumentFile",
+    "Fingerprinter",
     "check_unique_ids",
     "corpus_fingerprint",
+    "document_row",
     "documents_to_rows",
+    "fingerprints",
+    "id_hash",
     "iter_json_lines",
     "iter_rows",
     "load_corpus",
     "load_queries",
+    "open_corpus",
     "row_to_document",
+    "spill_documents",
     "row_to_query",
     "write_jsonl",
 ]
@@ -132,13 +148,18 @@ def iter_json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[st
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield where, row
+        yield where, _json_object(line, where)
+
+
+def _json_object(line: str | bytes, where: str) -> dict[str, Any]:
+    """One JSON-lines row, or a one-line ``DataError`` naming ``where``."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -158,21 +179,31 @@ def _starts_with_bracket(path: Path) -> bool:
     return _read_text(path, 4096).lstrip().startswith("[")
 
 
-def _iter_table(rows: Sequence[dict[str, Any]], path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _iter_table(rows: Iterable[dict[str, Any]], path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     for i, row in enumerate(rows):
         yield f"{path} row {i}", row
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+PARQUET_BATCH = 4096  # rows per pyarrow record batch when a parquet file is streamed
+
+
+def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    """The file's rows, one record batch at a time (never the whole table)."""
     import pyarrow.parquet as pq  # lazy: keep `import tracer` light
 
     try:
-        return pq.read_table(path).to_pylist()
+        pf = pq.ParquetFile(path)
+        batches = pf.iter_batches(batch_size=PARQUET_BATCH)
+        for batch in batches:
+            yield from batch.to_pylist()
+    except DataError:
+        raise
     except Exception as e:  # pyarrow raises several unrelated types for bad files
         raise DataError(f"{path}: cannot read parquet file ({e})") from e
 
 
-def _read_saved_dataset(path: Path) -> list[dict[str, Any]]:
+def _read_saved_dataset(path: Path) -> Iterator[dict[str, Any]]:
+    """The dataset's rows, in order (``load_from_disk`` memory-maps the Arrow files; rows are read one by one)."""
     import datasets  # lazy: keep `import tracer` light
 
     try:
@@ -183,7 +214,7 @@ def _read_saved_dataset(path: Path) -> list[dict[str, Any]]:
         if len(ds) != 1:
             raise DataError(f"{path}: DatasetDict with splits {sorted(ds)}; pass one split's directory")
         ds = next(iter(ds.values()))
-    return ds.to_list()
+    yield from ds
 
 
 def iter_rows(
@@ -428,10 +459,323 @@ def corpus_fingerprint(docs: Iterable[Document]) -> str:
     Returns:
         64 lowercase hex characters.
     """
-    h = hashlib.sha256(FINGERPRINT_TAG)
-    for d in docs:
-        for field in (d.doc_id, d.text):
-            data = field.encode("utf-8")
-            h.update(len(data).to_bytes(8, "big"))
-            h.update(data)
-    return h.hexdigest()
+    return fingerprints(docs)[0]
+
+
+def fingerprints(docs: Iterable[Document]) -> tuple[str, str]:
+    """``(corpus_fingerprint(docs), loss-split fingerprint)`` in one streaming pass.
+
+    The second hashes each document's ``[prompt, target]`` as JSON, in order (the loss mask; ids
+    and texts are in the first). A :class:`DocumentFile` (or any object with a ``_memo`` dict)
+    remembers both, so a build reads its corpus for them once.
+
+    Args:
+        docs: Documents in corpus order.
+
+    Returns:
+        Two strings of 64 lowercase hex characters.
+    """
+    memo = getattr(docs, "_memo", None)
+    if isinstance(memo, dict) and "fingerprints" in memo:
+        return memo["fingerprints"]
+    out = Fingerprinter().update(docs).digests()
+    if isinstance(memo, dict):
+        memo["fingerprints"] = out
+    return out
+
+
+class Fingerprinter:
+    """The running state of :func:`fingerprints`: feed documents in order, read both digests at any point.
+
+    ``tracer add`` reads the old corpus once: the digests after it check the index, and the same
+    state, fed the new documents, gives the grown corpus's.
+    """
+
+    def __init__(self) -> None:
+        self._corpus = hashlib.sha256(FINGERPRINT_TAG)
+        self._split = hashlib.sha256()
+        self.n = 0
+
+    def update(self, docs: Iterable[Document]) -> Fingerprinter:
+        """Hash ``docs`` after those already fed; returns ``self``."""
+        h, split = self._corpus, self._split
+        for d in docs:
+            for field in (d.doc_id, d.text):
+                data = field.encode("utf-8")
+                h.update(len(data).to_bytes(8, "big"))
+                h.update(data)
+            split.update(json.dumps([d.prompt, d.target]).encode())
+            self.n += 1
+        return self
+
+    def digests(self) -> tuple[str, str]:
+        """``(corpus fingerprint, loss-split fingerprint)`` of the documents fed so far."""
+        return self._corpus.hexdigest(), self._split.hexdigest()
+
+
+def document_row(d: Document) -> dict[str, Any]:
+    """The JSON row a :class:`DocumentFile` spill (and an index's ``documents.jsonl``) stores for ``d``."""
+    row: dict[str, Any] = {"id": d.doc_id, "text": d.text, "facts": list(d.facts)}
+    if d.prompt is not None or d.target is not None:
+        row.update(prompt=d.prompt, target=d.target)
+    return row
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _unlink(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+class DocumentFile(Sequence[Document]):
+    """A lazy, random-access corpus: documents read on demand from a JSON-lines file.
+
+    Holds the file's path and one int64 byte offset per document (8 bytes per document), never the
+    documents themselves: ``docs[i]`` seeks to row ``i`` and parses it, iteration streams the file,
+    and a slice is another ``DocumentFile`` over the same file (a view of the offsets). Rows were
+    checked when the file was indexed (:func:`open_corpus`); if the file changes afterwards (size or
+    modification time), reading it raises ``DataError``.
+
+    Args:
+        path: A JSON-lines file of corpus rows (:func:`row_to_document`'s fields).
+        starts: Byte offset of each document's line, in corpus order.
+        owned: Delete the file when this object is closed or garbage-collected (a spill file).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], starts: np.ndarray, *, owned: bool = False,
+                 _stamp_value: tuple[int, int] | None = None, _owner: DocumentFile | None = None) -> None:
+        self.path = Path(path)
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._stamp = _stamp_value if _stamp_value is not None else _stamp(self.path)
+        self._owner = _owner  # a slice keeps the object that owns a spill file alive
+        self._fh: IO[bytes] | None = None
+        self._memo: dict[str, Any] = {}  # fingerprints(), once computed (the file cannot change: see _open)
+        self._finalizer = weakref.finalize(self, _unlink, str(self.path)) if owned else None
+
+    @classmethod
+    def from_index(cls, root: str | os.PathLike[str]) -> DocumentFile:
+        """The documents of an index (or a build's partial directory): ``documents.jsonl`` and ``doc_offsets.npy``."""
+        root = Path(root)
+        offsets = np.load(root / "doc_offsets.npy")
+        return cls(root / "documents.jsonl", offsets[:-1])
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Byte offset of each document's line (read-only view)."""
+        view = self._starts.view()
+        view.flags.writeable = False
+        return view
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, i: int) -> Document: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> DocumentFile: ...
+
+    def __getitem__(self, i: int | slice) -> Document | DocumentFile:
+        if isinstance(i, slice):
+            return DocumentFile(self.path, self._starts[i], _stamp_value=self._stamp,
+                                _owner=self._owner if self._owner is not None else self)
+        n = len(self._starts)
+        j = int(i)
+        if j < -n or j >= n:
+            raise IndexError(f"document {i} out of range ({n} documents)")
+        return self._read(int(self._starts[j]))
+
+    def __iter__(self) -> Iterator[Document]:
+        for start in self._starts:
+            yield self._read(int(start))
+
+    def __repr__(self) -> str:
+        return f"DocumentFile({str(self.path)!r}, {len(self)} documents)"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_fh=None, _finalizer=None, _owner=None, _memo={})  # a copy never deletes the owner's spill file
+        return state
+
+    def _open(self) -> IO[bytes]:
+        if self._fh is None:
+            try:
+                now = _stamp(self.path)
+            except OSError as e:
+                raise DataError(f"{self.path}: cannot read corpus file ({e})") from None
+            if now != self._stamp:
+                raise DataError(f"{self.path} changed while the corpus was in use (size or modification time); "
+                                "run the command again")
+            self._fh = open(self.path, "rb")
+        return self._fh
+
+    def _read(self, start: int) -> Document:
+        fh = self._open()
+        fh.seek(start)
+        where = f"{self.path} (byte {start})"
+        return row_to_document(_json_object(fh.readline(), where), where)
+
+    def close(self) -> None:
+        """Close the file; delete it if this object owns it (a spill file)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> DocumentFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def id_hash(doc_id: str) -> int:
+    """A signed 64-bit hash of a document id (duplicate checks without a set of every id)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def _in_place(path: Path) -> bool:
+    """Whether ``path`` is a JSON-lines file that can be read by seeking (not gzipped, not a JSON array)."""
+    if not path.is_file() or path.name.endswith(".gz"):
+        return False
+    suffix = _base_suffix(path)
+    return suffix == ".jsonl" or (suffix == ".json" and not _starts_with_bracket(path))
+
+
+def _scan_jsonl(path: Path, max_docs: int | None) -> Iterator[tuple[int, Document]]:
+    """``(byte offset, document)`` of each non-blank line, with ``iter_json_lines``'s one-line errors."""
+    pos, lineno = 0, 0
+    try:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                start, pos = pos, pos + len(raw)
+                if not raw.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise _not_utf8(where, e) from None
+                yield start, row_to_document(_json_object(line, where), where)
+    except OSError as e:
+        raise _read_problem(path, e, f"after line {lineno}" if lineno else "at its start") from None
+
+
+def _spill(docs: Iterable[Document], spill_dir: str | os.PathLike[str] | None, limit: int | None,
+           starts: Any, hashes: Any) -> tuple[Path, bool]:
+    """Write ``docs`` as JSON lines into a new spill file; append each line's offset and id hash."""
+    directory = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="tracer-corpus-", suffix=".jsonl", dir=directory)
+    target = Path(tmp)
+    try:
+        make_public(fd)
+        with os.fdopen(fd, "wb") as out:
+            pos = 0
+            for doc in docs:
+                if limit is not None and len(starts) >= limit:
+                    break
+                line = json.dumps(document_row(doc)).encode() + b"\n"
+                out.write(line)
+                starts.append(pos)
+                hashes.append(id_hash(doc.doc_id))
+                pos += len(line)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target, True
+
+
+def spill_documents(docs: Iterable[Document], *, spill_dir: str | os.PathLike[str] | None = None,
+                    what: str = "corpus") -> DocumentFile:
+    """Stream documents (from any iterable: a generator over a ``datasets.Dataset``, say) into a spill file
+    and open it lazily; the file is deleted when the result is closed or garbage-collected.
+
+    Args:
+        docs: Documents in corpus order.
+        spill_dir: Where the file goes (default: the system's temporary directory).
+        what: Names the corpus in error messages.
+
+    Raises:
+        DataError: No documents, or an id repeats (``"row i: duplicate document id ..."``).
+    """
+    from array import array
+
+    starts, hashes = array("q"), array("q")
+    target, _ = _spill(docs, spill_dir, None, starts, hashes)
+    try:
+        if not starts:
+            raise DataError(f"{what} is empty")
+        h = np.sort(np.frombuffer(hashes, dtype=np.int64))
+        result = DocumentFile(target, np.frombuffer(starts, dtype=np.int64).copy(), owned=True)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    if len(h) > 1 and bool((h[1:] == h[:-1]).any()):
+        try:
+            check_unique_ids(((d.doc_id, f"row {i}") for i, d in enumerate(result)), "document")
+        except DataError:
+            result.close()
+            raise
+    return result
+
+
+def open_corpus(path: str | os.PathLike[str], *, spill_dir: str | os.PathLike[str] | None = None,
+                max_docs: int | None = None) -> DocumentFile:
+    """Opens a training corpus lazily: one streaming pass checks every row and records its offset.
+
+    A plain ``.jsonl`` (or JSON-lines ``.json``) file is read in place. Any other format (``.gz``,
+    a JSON array, ``.parquet``, a ``save_to_disk`` directory) is streamed row by row into a spill
+    file in ``spill_dir`` (default: the system's temporary directory), deleted when the returned
+    object is closed or garbage-collected. Memory: 8 bytes per document for the offsets and 8 for
+    an id hash (the duplicate check) during the pass, 8 after it. A JSON array is parsed whole by
+    ``json`` (its format cannot be streamed by the standard library).
+
+    Args:
+        path: See the module docstring for the accepted formats and fields.
+        spill_dir: Where a non-JSON-lines corpus is spilled.
+        max_docs: Keep only the first ``max_docs`` documents (the rest are not read).
+
+    Returns:
+        The documents in file order, equal to :func:`load_corpus`'s (``max_docs`` aside).
+
+    Raises:
+        DataError: As :func:`load_corpus`: missing path, malformed row, repeated id, empty corpus.
+    """
+    from array import array
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"corpus file not found: {path}")
+    starts, hashes = array("q"), array("q")
+    limit = max_docs if max_docs is not None and max_docs > 0 else None
+    if _in_place(path):
+        target, owned = path, False
+        for start, doc in _scan_jsonl(path, limit):
+            starts.append(start)
+            hashes.append(id_hash(doc.doc_id))
+            if limit is not None and len(starts) >= limit:
+                break
+    else:
+        target, owned = _spill((row_to_document(row, where) for where, row in iter_rows(path)), spill_dir, limit,
+                               starts, hashes)
+    try:
+        if not starts:
+            raise DataError(f"corpus is empty: {path}")
+        h = np.sort(np.frombuffer(hashes, dtype=np.int64))
+        if len(h) > 1 and bool((h[1:] == h[:-1]).any()):  # a repeated id (or, at odds 2^-64, a hash collision)
+            ids = ((doc.doc_id, where) for (where, doc), _ in
+                   zip(((w, row_to_document(r, w)) for w, r in iter_rows(path)), range(len(starts))))
+            check_unique_ids(ids, "document")  # the exact message; O(N) memory only on this path
+        del hashes, h
+        docs = DocumentFile(target, np.frombuffer(starts, dtype=np.int64).copy(), owned=owned)
+    except BaseException:
+        if owned:
+            target.unlink(missing_ok=True)
+        raise
+    logger.info("opened %d documents from %s%s", len(docs), path, "" if not owned else f" (spilled to {target})")
+    return docs

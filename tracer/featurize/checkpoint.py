@@ -28,6 +28,31 @@ def encode_documents(tokenizer: Any, docs: Sequence[Document], max_length: int) 
             for d in docs]
 
 
+class EncodedDocuments(Sequence[Encoded]):
+    """Documents encoded on demand: ``enc[lo:hi]`` tokenizes only rows ``lo:hi`` (a list).
+
+    What the build's gradient stage hands a shard engine instead of the whole corpus encoded, so
+    tokenized examples exist for one shard at a time. Encoding is per document and deterministic,
+    so a slice equals the same rows of ``encode_documents(tokenizer, docs, max_length)``.
+
+    Args:
+        tokenizer: The tokenizer.
+        docs: Documents (a list, or a lazy ``tracer.corpus.DocumentFile``).
+        max_length: Token limit per example.
+    """
+
+    def __init__(self, tokenizer: Any, docs: Sequence[Document], max_length: int) -> None:
+        self.tokenizer, self.docs, self.max_length = tokenizer, docs, max_length
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return encode_documents(self.tokenizer, self.docs[i], self.max_length)
+        return encode_documents(self.tokenizer, [self.docs[i]], self.max_length)[0]
+
+
 def view_names(cfg: FeaturizeConfig, checkpoints: Sequence[Checkpoint]) -> list[str]:
     """Views an index builds: ``raw`` always; ``adam`` for random projections when requested and every
     checkpoint has ``v``. A kfac index stores ``raw`` only: its per-coordinate second moments (the

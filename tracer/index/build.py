@@ -7,6 +7,11 @@ rerunning the same build resumes from the first missing shard. Shards are aligne
 batches and featurization is deterministic, so a resumed build is byte-identical to an
 uninterrupted one. Stages after featurization read the stored features back (streamed in
 chunks), which keeps them resumable and keeps memory independent of corpus size.
+
+The corpus is not held in memory either: once the partial directory's ``documents.jsonl`` is
+written (streamed from ``docs``, which may itself be a lazy ``tracer.corpus.DocumentFile``),
+every stage reads documents from it on demand, and the gradient stage tokenizes only the
+shard it is about to featurize.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from tracer.corpus import corpus_fingerprint
+from tracer.corpus.io import DocumentFile, document_row, fingerprints
 from tracer.featurize.checkpoint import (
+    EncodedDocuments,
     encode_documents,
     fit_checkpoint,
     fit_sample,
@@ -209,9 +215,21 @@ def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], o
     ``tracer add`` seeds the partial directory with finished work and passes the grown history.
     """
     t_start = time.perf_counter()
-    part = _prepare_partial(out, docs, checkpoints, cfg, corpus_path, basis)
-    timings: dict[str, float] = {}
+    part, want = _prepare_partial(out, docs, checkpoints, cfg, corpus_path, basis)
     tok = load_tokenizer(tokenizer_path or checkpoints[-1].path)
+    stored = DocumentFile.from_index(part)  # every stage reads documents from here, on demand
+    stored._memo["fingerprints"] = (want["corpus"], want["loss_split"])
+    try:
+        return _run_build(part, out, stored, checkpoints, cfg, tok, corpus_path, progress, fail_after_shards,
+                          basis, history, engine, t_start)
+    finally:
+        stored.close()
+
+
+def _run_build(part: Path, out: Path, docs: DocumentFile, checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
+               tok: Any, corpus_path: str, progress: bool, fail_after_shards: int | None, basis: BasisPin | None,
+               history: list[dict[str, Any]] | None, engine: ShardEngine | None, t_start: float) -> dict[str, Any]:
+    timings: dict[str, float] = {}
     ctx = _BuildContext(part, docs, list(checkpoints), cfg, tok, progress, fail_after_shards, basis, engine)
     views = view_names(cfg.featurize, checkpoints)
     stages: list[tuple[str, bool, Callable[[_BuildContext], dict[str, Any]]]] = [
@@ -239,6 +257,7 @@ def _build_locked(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], o
     manifest = write_manifest(part, manifest, skip=(F.BUILD_STATE, F.BUILD_CONFIG))
     (part / F.BUILD_CONFIG).unlink()
     shutil.rmtree(part / F.BUILD_STATE)
+    docs.close()  # the file moves with the directory
     publish(part, out)
     log.info("index written to %s (%d documents)", out, len(docs))
     return manifest
@@ -290,7 +309,7 @@ def _exchange(a: Path, b: Path) -> bool:
 @dataclass
 class _BuildContext:
     root: Path
-    docs: Sequence[Document]
+    docs: Sequence[Document]  # the partial directory's documents.jsonl, read on demand (a DocumentFile)
     checkpoints: list[Checkpoint]
     cfg: IndexConfig
     tokenizer: Any
@@ -305,8 +324,9 @@ class _BuildContext:
 def build_want(docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
                basis: BasisPin | None = None) -> dict[str, Any]:
     """What a build produces, as its partial directory records it (the resume guard)."""
-    return {"config": cfg.to_dict(), "corpus": corpus_fingerprint(docs),
-            "loss_split": split_fingerprint(docs), "basis": basis.to_dict() if basis else None,
+    corpus, split = fingerprints(docs)  # one streaming pass (remembered by a DocumentFile)
+    return {"config": cfg.to_dict(), "corpus": corpus,
+            "loss_split": split, "basis": basis.to_dict() if basis else None,
             "checkpoints": [{"path": str(c.path.resolve()), "lr": c.lr, "step": c.step,
                              "weights": weights_fingerprint(c.path)} for c in checkpoints]}
 
@@ -331,42 +351,38 @@ def resumable_partial(out: Path, want: dict[str, Any], what: str) -> tuple[Path,
 
 
 def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[Checkpoint], cfg: IndexConfig,
-                     corpus_path: str, basis: BasisPin | None = None) -> Path:
-    """Create or reuse ``<out>.partial``; a partial build of a different config is discarded."""
+                     corpus_path: str, basis: BasisPin | None = None) -> tuple[Path, dict[str, Any]]:
+    """Create or reuse ``<out>.partial`` (and say what it builds); a partial build of a different config is discarded."""
     want = build_want(docs, checkpoints, cfg, basis)
     part, resumed = resumable_partial(out, want, "build")
     if resumed:
-        return part
+        return part, want
     (part / F.BUILD_STATE).mkdir(parents=True)
     (part / F.BUILD_CONFIG).write_text(json.dumps(want, sort_keys=True))
     write_documents(part, docs)
-    return part
+    return part, want
 
 
 def split_fingerprint(docs: Sequence[Document]) -> str:
     """Hash of the (prompt, target) split, which decides the loss mask (ids and texts are in the corpus hash)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(json.dumps([d.prompt, d.target]).encode())
-    return h.hexdigest()
+    return fingerprints(docs)[1]
 
 
 def write_documents(root: Path, docs: Sequence[Document]) -> None:
     """``documents.jsonl`` (with the ``prompt``/``target`` split where a document has one: the loss
-    mask ``tracer add --checkpoint`` needs), its byte offsets, and ``doc_ids.txt``."""
-    offsets = [0]
-    with open(root / F.DOCUMENTS, "wb") as fh:
-        for d in docs:
-            row = {"id": d.doc_id, "text": d.text, "facts": list(d.facts)}
-            if d.prompt is not None or d.target is not None:
-                row.update(prompt=d.prompt, target=d.target)
-            line = json.dumps(row).encode() + b"\n"
+    mask ``tracer add --checkpoint`` needs), its byte offsets, and ``doc_ids.txt``; streamed."""
+    offsets = np.empty(len(docs) + 1, dtype=np.int64)
+    offsets[0] = 0
+    i = 0
+    with open(root / F.DOCUMENTS, "wb") as fh, open(root / F.DOC_IDS, "w", encoding="utf-8") as ids:
+        for i, d in enumerate(docs, start=1):
+            line = json.dumps(document_row(d)).encode() + b"\n"
             fh.write(line)
-            offsets.append(offsets[-1] + len(line))
-    np.save(root / F.DOC_OFFSETS, np.asarray(offsets, dtype=np.int64))
-    (root / F.DOC_IDS).write_text("".join(d.doc_id + "\n" for d in docs), encoding="utf-8")
+            offsets[i] = offsets[i - 1] + len(line)
+            ids.write(d.doc_id + "\n")
+    if i != len(docs):
+        raise ValueError(f"the corpus yielded {i} documents, but has length {len(docs)}")
+    np.save(root / F.DOC_OFFSETS, offsets)
 
 
 def _memory() -> str:
@@ -405,7 +421,7 @@ def _fit_stage(ctx: _BuildContext) -> dict[str, Any]:
     fcfg = ctx.cfg.featurize
     pool = ctx.basis.fit_pool if ctx.basis else len(ctx.docs)
     rows = fit_sample(pool, fcfg)
-    enc = encode_documents(ctx.tokenizer, [ctx.docs[int(r)] for r in rows], fcfg.max_length)
+    enc = encode_documents(ctx.tokenizer, [ctx.docs[int(r)] for r in rows], fcfg.max_length)  # the sample only
     factors, groups = [], []
     for ci, ck in enumerate(ctx.checkpoints):
         path = ctx.root / F.kfac_file(ci)
@@ -466,11 +482,11 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
     from tracer.index.shards import LocalEngine, ShardFeaturizer, ShardJob, ShardOutputs, plan_shards
 
     fcfg = ctx.cfg.featurize
-    enc = encode_documents(ctx.tokenizer, ctx.docs, fcfg.max_length)
+    enc = EncodedDocuments(ctx.tokenizer, ctx.docs, fcfg.max_length)  # a shard is tokenized when it is sliced
     n, shard = len(enc), ctx.cfg.shard_size
     engine = ctx.engine if ctx.engine is not None else LocalEngine()
     widths = stage_info(ctx, "fit").get("widths") if fcfg.projection == "kfac" else None
-    doc_ids = [d.doc_id for d in ctx.docs]
+    doc_ids = _DocIds(ctx.docs)
     written, dim, layout = 0, 0, []
     for ci, ck in enumerate(ctx.checkpoints):
         job = ShardJob(ctx.root, ci, ck, fcfg, tuple(views), widths)
@@ -494,6 +510,21 @@ def _gradient_stage(ctx: _BuildContext, views: list[str]) -> dict[str, Any]:
             "n_shards": (n + shard - 1) // shard, "dtype": fcfg.dtype}
 
 
+class _DocIds(Sequence[str]):
+    """``doc_ids[i]``: the id of row ``i``, read when asked (only error messages ask)."""
+
+    def __init__(self, docs: Sequence[Document]) -> None:
+        self._docs = docs
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [d.doc_id for d in self._docs[i]]
+        return self._docs[i].doc_id
+
+
 def _shard_marker(ctx: _BuildContext, ci: int, s: int) -> Path:
     """The done-marker of gradient shard ``s`` of checkpoint ``ci``."""
     return ctx.root / F.BUILD_STATE / f"grad-ckpt{ci}-shard{s}.done"
@@ -502,7 +533,7 @@ def _shard_marker(ctx: _BuildContext, ci: int, s: int) -> Path:
 def _bm25_stage(ctx: _BuildContext) -> dict[str, Any]:
     from tracer.index.lexical import STOPWORDS, TOKEN_PATTERN, build_bm25
 
-    build_bm25([d.text for d in ctx.docs], ctx.root / F.BM25_DIR)
+    build_bm25((d.text for d in ctx.docs), ctx.root / F.BM25_DIR, n=len(ctx.docs))
     return {"stopwords": STOPWORDS, "token_pattern": TOKEN_PATTERN, "k1": 1.5, "b": 0.75}
 
 
@@ -515,8 +546,8 @@ def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timi
         "tracer_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "corpus": {"path": corpus_path, "fingerprint": corpus_fingerprint(ctx.docs), "n_documents": len(ctx.docs),
-                   "loss_split": split_fingerprint(ctx.docs)},
+        "corpus": {"path": corpus_path, "fingerprint": fingerprints(ctx.docs)[0], "n_documents": len(ctx.docs),
+                   "loss_split": fingerprints(ctx.docs)[1]},
         "checkpoints": [{"path": str(c.path.resolve()), "lr": c.lr, "step": c.step,
                          "fingerprint": weights_fingerprint(c.path)} for c in ctx.checkpoints],
         "tokenizer": str(Path(ctx.tokenizer.name_or_path).resolve()) if ctx.tokenizer.name_or_path else "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -21,15 +21,25 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
                           return_ids=False, show_progress=False)
 
 
-def build_bm25(texts: Sequence[str], out_dir: str | Path, k1: float = 1.5, b: float = 0.75) -> None:
-    """Index ``texts`` (row order) and save to ``out_dir``."""
+def build_bm25(texts: Iterable[str], out_dir: str | Path, k1: float = 1.5, b: float = 0.75,
+               n: int | None = None) -> None:
+    """Index ``texts`` (row order; any iterable, e.g. a generator over a lazy corpus) and save to ``out_dir``.
+
+    The texts are consumed as they come; what grows with the corpus is ``bm25s``'s own state: one
+    list of token ids per document while it tokenizes, then its sparse score matrix.
+
+    Raises:
+        ValueError: ``n`` is given and the iterable yielded another number of texts.
+    """
     import bm25s
 
     retriever = bm25s.BM25(k1=k1, b=b)
     # Token ids in order of first appearance (not a set order): the saved files are byte-identical
     # across processes, whatever PYTHONHASHSEED is.
-    tokenized = bm25s.tokenize(list(texts), lower=True, stopwords=STOPWORDS, token_pattern=TOKEN_PATTERN,
+    tokenized = bm25s.tokenize(texts, lower=True, stopwords=STOPWORDS, token_pattern=TOKEN_PATTERN,
                                return_ids=True, show_progress=False)
+    if n is not None and len(tokenized.ids) != n:
+        raise ValueError(f"BM25: the corpus yielded {len(tokenized.ids)} texts, expected {n}")
     retriever.index(tokenized, show_progress=False)
     retriever.save(str(out_dir), show_progress=False)
 

@@ -14,7 +14,15 @@
   are JL-sketched first, so every solve is at most that wide;
 * TRAK (Park et al. 2023): a seeded dense JL sketch ``Phi_c = G_c S`` per checkpoint and
   its Gram ``Phi_c^T Phi_c``;
-* embeddings: mean-pooled final hidden states of the final checkpoint.
+* embeddings: mean-pooled final hidden states of the final checkpoint, written to disk batch by
+  batch as they are computed.
+
+``tracer add`` seeds a *row prefix* (``seed_row_prefix``, in ``build_state/prefix/``): the sums of
+squares and the TRAK Grams over the first ``m`` rows, a multiple of ``CHUNK`` whose stored features
+(and TRAK rows, copied) the grown index keeps unchanged. These sums over rows are then completed
+from row ``m`` on only, equal to a full pass up to float64 summation order (``tests/test_add.py``
+checks 1e-9 relative); TRAK rows from ``m`` on are sketched in the full pass's own blocks, so every
+stored row equals a full pass's byte for byte.
 
 Each stage shows one progress bar over the rows it streams (hidden when the build runs with
 ``progress=False``); a FAISS training call, which cannot report progress, is logged instead.
@@ -57,26 +65,105 @@ def stage_info(ctx: Any, name: str) -> dict[str, Any]:
     return json.loads((ctx.root / F.BUILD_STATE / f"stage-{name}.json").read_text())["info"]
 
 
-def column_moments(mat: Any, bar: Any = None) -> np.ndarray:
-    """``(dim,)`` float64 mean of squares of every column, streamed in blocks of ``CHUNK`` rows."""
+PREFIX_DIR = "prefix"  # in build_state/: statistics of the first rows, seeded by `tracer add`
+PREFIX_INFO = "prefix.json"  # in PREFIX_DIR: {"rows": m}
+
+
+def row_prefix(ctx: Any) -> tuple[int, Any]:
+    """``(m, dir)``: the first ``m`` rows, whose sums ``tracer add`` seeded in ``dir`` (under the index's own
+    file names: sums of squares for the moments, Grams for TRAK), or ``(0, None)`` for a build from scratch."""
+    import json
+
+    d = ctx.root / F.BUILD_STATE / PREFIX_DIR
+    if not (d / PREFIX_INFO).is_file():
+        return 0, None
+    m = int(json.loads((d / PREFIX_INFO).read_text())["rows"])
+    if not 0 < m <= len(ctx.docs) or m % CHUNK:
+        raise ValueError(f"{d}: a seeded prefix of {m} rows must be a positive multiple of {CHUNK} "
+                         f"and at most the corpus's {len(ctx.docs)} rows")
+    return m, d
+
+
+def seed_row_prefix(old_root: Any, part: Any, keep: int, cfg: Any, n_checkpoints: int, views: list[str],
+                    layout: list[dict[str, Any]]) -> int:
+    """Seed ``part`` (a grown index's partial directory) with the old index's sums over its first rows.
+
+    Args:
+        old_root: The index being grown.
+        part: The partial directory of the grown index.
+        keep: Rows whose stored features the grown index keeps (its shards marked done).
+        cfg: The index's ``IndexConfig``.
+        n_checkpoints: Checkpoints of the old index.
+        views: Stored views.
+        layout: The feature layout (the gradients stage's info).
+
+    Returns:
+        ``m``, the rows seeded: ``keep`` rounded down to a multiple of ``CHUNK`` (0: nothing seeded).
+        The old index's statistics cover all its rows, so the part from row ``m`` on is taken back out
+        of them, recomputed from the old index's own rows in its own blocks (the grown index featurizes
+        its last, partly old shard again, whose old rows may differ in their last bits).
+    """
+    import json
+
+    from tracer.index.quant import open_features
+
+    old_n = int(np.load(old_root / F.DOC_OFFSETS, mmap_mode="r").shape[0]) - 1
+    m = (min(keep, old_n) // CHUNK) * CHUNK
+    if m == 0:
+        return 0
+    d = part / F.BUILD_STATE / PREFIX_DIR
+    (d / F.MOMENTS_DIR).mkdir(parents=True, exist_ok=True)
+    for ci in range(n_checkpoints):
+        for v in views:
+            mat = open_features(old_root, v, ci, layout)
+            sums = np.load(old_root / F.moment_file(v, ci)) * old_n - column_square_sums(mat, m)
+            np.save(d / F.moment_file(v, ci), sums)
+        if cfg.trak:
+            (d / F.TRAK_DIR).mkdir(parents=True, exist_ok=True)
+            mat = open_features(old_root, RAW, ci, layout)
+            k = min(cfg.trak_dim, mat.shape[1])
+            sketch = torch.from_numpy(trak_sketch(mat.shape[1], k, cfg.seed))
+            xtx = np.load(old_root / F.trak_xtx_file(ci))
+            for lo in range(m, old_n, CHUNK):  # the old build's blocks
+                phi = torch.from_numpy(np.array(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
+                xtx -= (phi.double().T @ phi.double()).numpy()
+            np.save(d / F.trak_xtx_file(ci), xtx)
+    (d / PREFIX_INFO).write_text(json.dumps({"rows": m}))
+    return m
+
+
+def column_square_sums(mat: Any, start: int = 0, bar: Any = None) -> np.ndarray:
+    """``(dim,)`` float64 sum of squares of every column over rows ``start:``, streamed in ``CHUNK`` blocks."""
     n = mat.shape[0]
     acc = np.zeros(mat.shape[1])
-    for lo in range(0, n, CHUNK):
+    for lo in range(start, n, CHUNK):
         x = np.asarray(mat[lo:lo + CHUNK], dtype=np.float64)
         acc += np.einsum("ij,ij->j", x, x)
         release_pages(mat)
         if bar is not None:
             bar.update(len(x))
-    return acc / max(n, 1)
+    return acc
+
+
+def column_moments(mat: Any, bar: Any = None) -> np.ndarray:
+    """``(dim,)`` float64 mean of squares of every column, streamed in blocks of ``CHUNK`` rows."""
+    return column_square_sums(mat, 0, bar) / max(mat.shape[0], 1)
 
 
 def moments_stage(ctx: Any) -> dict[str, Any]:
     views = stage_info(ctx, "gradients")["views"]
     (ctx.root / F.MOMENTS_DIR).mkdir(exist_ok=True)
-    with _bar(ctx, len(ctx.docs) * len(views) * len(ctx.checkpoints), "moments") as bar:
+    n = len(ctx.docs)
+    m, prefix = row_prefix(ctx)
+    with _bar(ctx, (n - m) * len(views) * len(ctx.checkpoints), "moments") as bar:
         for v in views:
             for ci in range(len(ctx.checkpoints)):
-                np.save(ctx.root / F.moment_file(v, ci), column_moments(_features(ctx, v, ci), bar))
+                mat = _features(ctx, v, ci)
+                if prefix is None:
+                    mo = column_moments(mat, bar)
+                else:  # the seeded sums over rows :m, completed
+                    mo = (np.load(prefix / F.moment_file(v, ci)) + column_square_sums(mat, m, bar)) / n
+                np.save(ctx.root / F.moment_file(v, ci), mo)
     return {"views": views, "checkpoints": len(ctx.checkpoints), "statistic": "E_z[g_i(z)^2] over the corpus"}
 
 
@@ -180,15 +267,29 @@ def build_trak_stage(ctx: Any) -> dict[str, Any]:
 
 
 def _trak_checkpoint(ctx: Any, ci: int, bar: Any) -> None:
-    """Sketch checkpoint ``ci``'s features to ``trak/ckpt<ci>.npy`` and save their Gram."""
+    """Sketch checkpoint ``ci``'s features to ``trak/ckpt<ci>.npy`` and save their Gram.
+
+    With a seeded row prefix of ``m`` rows (``tracer add``: ``trak/ckpt<ci>.npy`` already holds the old
+    rows, grown to ``n``), only the blocks from row ``m`` (a multiple of ``CHUNK``) on are sketched, and
+    their Grams are added to the seeded one.
+    """
     n = len(ctx.docs)
     mat = _features(ctx, RAW, ci)
     k = min(ctx.cfg.trak_dim, mat.shape[1])
     sketch = torch.from_numpy(trak_sketch(mat.shape[1], k, ctx.cfg.seed))
+    start, prefix = row_prefix(ctx)
     # rows stored as float16 (half the bytes; the Gram is accumulated from the float32 rows)
-    out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float16, shape=(n, k))
-    xtx = np.zeros((k, k))
-    for lo in range(0, n, CHUNK):
+    if prefix is None:
+        out = np.lib.format.open_memmap(ctx.root / F.trak_file(ci), mode="w+", dtype=np.float16, shape=(n, k))
+        xtx = np.zeros((k, k))
+    else:
+        out = np.load(ctx.root / F.trak_file(ci), mmap_mode="r+")
+        if out.shape != (n, k) or out.dtype != np.float16:
+            raise ValueError(f"{ctx.root / F.trak_file(ci)}: seeded TRAK rows {out.shape} {out.dtype}, "
+                             f"expected {(n, k)} float16")
+        xtx = np.load(prefix / F.trak_xtx_file(ci))
+        bar.update(start)
+    for lo in range(start, n, CHUNK):
         phi = torch.from_numpy(np.array(mat[lo:lo + CHUNK], dtype=np.float32)) @ sketch
         out[lo:lo + len(phi)] = phi.numpy().astype(np.float16)
         out.flush()
@@ -201,23 +302,51 @@ def _trak_checkpoint(ctx: Any, ci: int, bar: Any) -> None:
 
 
 def build_embedding_stage(ctx: Any) -> dict[str, Any]:
+    """Embed every document (batches of ``EMBED_BATCH`` texts, read from the corpus as needed), write the
+    float16 rows to ``embeddings.npy`` as they come, and fill a Flat FAISS index with the float32 rows.
+
+    The Flat index is the one thing here that holds every row (``n x d x 4`` bytes, the size of the
+    ``embedding.faiss`` it writes); no list of texts or of embeddings is kept.
+    """
+    from itertools import chain
+
     from tracer.featurize.checkpoint import embed_texts
     from tracer.model.loading import load_model
 
     model = load_model(ctx.checkpoints[-1].path)
-    texts = [d.text for d in ctx.docs]
-    parts = [embedding_prefix(ctx)]  # rows an earlier version of the index already embedded (tracer add)
-    start = len(parts[0])
-    with _bar(ctx, len(texts) - start, "embeddings") as bar:
-        for lo in range(start, len(texts), EMBED_BATCH):
-            parts.append(embed_texts(model, ctx.tokenizer, texts[lo:lo + EMBED_BATCH],
-                                     max_length=ctx.cfg.featurize.max_length))
-            bar.update(len(parts[-1]))
-    emb = np.concatenate([p for p in parts if len(p)])
-    np.save(ctx.root / F.EMBEDDINGS, emb.astype(np.float16))
-    index = build_faiss(emb.shape[1], len(emb), lambda: iter([emb]), "Flat")
+    n = len(ctx.docs)
+    prefix = embedding_prefix(ctx)  # rows an earlier version of the index already embedded (tracer add)
+    start = len(prefix)
+    bar = _bar(ctx, n - start, "embeddings")
+
+    def blocks() -> Iterator[np.ndarray]:
+        for lo in range(0, start, CHUNK):
+            yield np.asarray(prefix[lo:lo + CHUNK], dtype=np.float32)
+        for lo in range(start, n, EMBED_BATCH):
+            texts = [d.text for d in ctx.docs[lo:lo + EMBED_BATCH]]
+            block = embed_texts(model, ctx.tokenizer, texts, max_length=ctx.cfg.featurize.max_length)
+            bar.update(len(block))
+            yield block
+
+    rows = blocks()
+    first = next(rows)
+    dim = int(first.shape[1])
+    out = np.lib.format.open_memmap(ctx.root / F.EMBEDDINGS, mode="w+", dtype=np.float16, shape=(n, dim))
+    written = 0
+
+    def stored() -> Iterator[np.ndarray]:
+        nonlocal written
+        for block in chain([first], rows):
+            out[written:written + len(block)] = block.astype(np.float16)
+            written += len(block)
+            yield block
+
+    with bar:
+        index = build_faiss(dim, n, stored, "Flat")
+    out.flush()
+    del out
     write_faiss(index, ctx.root / F.EMBEDDING_FAISS)
-    return {"dim": int(emb.shape[1]), "pooling": "mean of final hidden states", "normalized": True}
+    return {"dim": dim, "pooling": "mean of final hidden states", "normalized": True}
 
 
 EMBEDDING_PREFIX = "embeddings-prefix.npy"  # in build_state/: (m, d) float32 rows already embedded, m % EMBED_BATCH == 0
@@ -229,7 +358,7 @@ def embedding_prefix(ctx: Any) -> np.ndarray:
     path = ctx.root / F.BUILD_STATE / EMBEDDING_PREFIX
     if not path.exists():
         return np.zeros((0, 0), np.float32)
-    prefix = np.load(path)
+    prefix = np.load(path, mmap_mode="r")
     if len(prefix) % EMBED_BATCH or len(prefix) > len(ctx.docs):
         raise ValueError(f"{path}: {len(prefix)} seeded rows are not a whole number of {EMBED_BATCH}-row batches")
     return prefix
