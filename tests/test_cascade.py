@@ -31,6 +31,13 @@ def test_choose_takes_the_best_ceiling_that_fits():
     assert _pick(cal, 1000) == ("full", 0)
     opt, fits = cascade.choose(cal, 50)
     assert (opt.source, opt.n, fits) == ("bm25", 25, False)  # nothing fits: the cheapest, flagged
+    # Nothing fits and the cheapest is within 5% of a far better ceiling: take the better ceiling.
+    close = _cal(cost_ms={"bm25": [10.0, 0.1], "gradient": [10.5, 0.1]})  # bm25@25 112.5, gradient@25 113.0
+    opt, fits = cascade.choose(close, 50)
+    assert (opt.source, opt.n, fits) == ("gradient", 25, False)  # 113.0 <= 112.5 * 1.05, ceiling 0.6 > 0.5
+    # (bm25@100, 120 ms, ceiling 0.8, is beyond the slack: 120 > 118.1)
+    far = _cal(recall={"bm25": {25: 0.5}, "gradient": {25: 0.9}}, cost_ms={"bm25": [0.0, 0.1], "gradient": [20.0, 0.1]})
+    assert _pick(far, 50) == ("bm25", 25)  # gradient@25 is 20% dearer: the cheapest stays
     with pytest.raises(InvalidRequestError, match="budget_ms must be > 0"):
         cascade.choose(cal, 0)
     assert cal.ceiling("bm25", 99) == 0.5 and cal.ceiling("bm25", 10) is None and cal.ceiling("full", 0) == 1.0

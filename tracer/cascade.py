@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 CALIBRATION_FILE = "calibration.json"
 SIZES = (25, 50, 100, 200, 400, 1000)
 FULL = "full"
+# When no cascade fits the budget: options within this share of the cheapest estimate count as as cheap.
+OVERRUN_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,21 @@ class Calibration:
 
 def choose(cal: Calibration, budget_ms: float) -> tuple[Option, bool]:
     """The option with the highest ceiling whose estimated latency fits ``budget_ms`` (ties: the
-    cheaper), and whether it fits at all (when nothing does: the cheapest option, ``False``)."""
+    cheaper), and whether it fits at all.
+
+    When nothing fits, the budget is overrun anyway: the highest ceiling among the options within
+    :data:`OVERRUN_SLACK` of the cheapest estimate (ties: the cheaper), ``False``. Estimates of small
+    cascades differ by well under a millisecond, so the strictly cheapest would trade a ceiling of
+    1.0 for a ceiling of 0.4 to save 1% of the time (measured on the demo index: gradient@25 at
+    87.9 ms against bm25@25 at 88.7 ms)."""
     if not (budget_ms > 0):
         raise InvalidRequestError(f"budget_ms must be > 0, got {budget_ms}")
     opts = cal.options()
     fits = [o for o in opts if o.est_ms <= budget_ms]
     if not fits:
-        return min(opts, key=lambda o: o.est_ms), False
+        cheapest = min(o.est_ms for o in opts)
+        near = [o for o in opts if o.est_ms <= cheapest * (1 + OVERRUN_SLACK)]
+        return max(near, key=lambda o: (o.recall, -o.est_ms)), False
     return max(fits, key=lambda o: (o.recall, -o.est_ms)), True
 
 
@@ -277,21 +287,27 @@ def pareto(tracer: Any, queries: Sequence[Query], *, method: str = "tracin", bud
             rr[(o.source, o.n)].append(_reciprocal_rank(top, props))
     fixed = [{"source": s, "n": n, "mrr": round(float(np.mean(rr[(s, n)])), 4),
               "p50_ms": round(float(np.median(ms[(s, n)])), 1), "ceiling": cal.ceiling(s, n)} for s, n in rr]
-    rows_out = []
+    return {"method": method, "k": k, "calibration_queries": len(calib), "evaluated_queries": len(held),
+            "evaluated_ids": [q.query_id for q in held], "seed": seed, "calibration": json.loads(cal.to_json()),
+            "fixed": fixed, "frontier": frontier([(row["p50_ms"], row["mrr"]) for row in fixed]),
+            "budgets": budget_rows(cal, fixed, budgets)}
+
+
+def budget_rows(cal: Calibration, fixed: Sequence[dict[str, Any]], budgets: Sequence[float]) -> list[dict[str, Any]]:
+    """Per budget: ``auto``'s pick from the calibration alone (:func:`choose`), its measured MRR and p50 (from
+    ``fixed``, :func:`pareto`'s rows), and the best fixed cascade whose measured p50 fits the budget."""
+    out = []
     for b in budgets:
         opt, fits = choose(cal, float(b))
         auto = next(row for row in fixed if (row["source"], row["n"]) == (opt.source, opt.n))
         within = [row for row in fixed if row["p50_ms"] <= b]
         best = max(within, key=lambda row: row["mrr"]) if within else None
-        rows_out.append({"budget_ms": float(b), "auto": cascade_name(opt.source, opt.n), "auto_fits_estimate": fits,
-                         "auto_mrr": auto["mrr"], "auto_p50_ms": auto["p50_ms"], "auto_ceiling": auto["ceiling"],
-                         "best_fixed": cascade_name(best["source"], best["n"]) if best else None,
-                         "best_fixed_mrr": best["mrr"] if best else None,
-                         "auto_over_best": round(auto["mrr"] / best["mrr"], 3) if best and best["mrr"] else None})
-    return {"method": method, "k": k, "calibration_queries": len(calib), "evaluated_queries": len(held),
-            "evaluated_ids": [q.query_id for q in held], "seed": seed, "calibration": json.loads(cal.to_json()),
-            "fixed": fixed,
-            "frontier": frontier([(row["p50_ms"], row["mrr"]) for row in fixed]), "budgets": rows_out}
+        out.append({"budget_ms": float(b), "auto": cascade_name(opt.source, opt.n), "auto_fits_estimate": fits,
+                    "auto_mrr": auto["mrr"], "auto_p50_ms": auto["p50_ms"], "auto_ceiling": auto["ceiling"],
+                    "best_fixed": cascade_name(best["source"], best["n"]) if best else None,
+                    "best_fixed_mrr": best["mrr"] if best else None,
+                    "auto_over_best": round(auto["mrr"] / best["mrr"], 3) if best and best["mrr"] else None})
+    return out
 
 
 def cascade_name(source: str, n: int) -> str:

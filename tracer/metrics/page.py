@@ -90,7 +90,7 @@ code{background:#f2f4f7;padding:0 .2em}
 .hit .id{font-family:monospace}.hit .sc{float:right;font-family:monospace;color:#445}.txt{color:#333}
 .ok{color:#1a7f37;font-weight:700}
 .stab{font-family:monospace;font-size:.85em;padding:0 .3em;margin-right:.3em;border-radius:3px;background:#eef0f3;color:#556}
-.stab.st{background:#d8efe0;color:#1a7f37}.svg svg{max-width:100%;height:auto}#stability td{white-space:nowrap}dl.prov dt{font-weight:600}dl.prov dd{margin:0 0 .4em 1.5em}
+.stab.st{background:#d8efe0;color:#1a7f37}.svg svg{max-width:100%;height:auto}#cascade-budgets td,#cascade-fixed td{white-space:nowrap}#cascade-budgets td:nth-child(2){text-align:left}#stability td{white-space:nowrap}dl.prov dt{font-weight:600}dl.prov dd{margin:0 0 .4em 1.5em}
 """
 
 
@@ -233,7 +233,7 @@ def cascade_section(block: Mapping[str, Any]) -> str:
     brows = []
     for b in block.get("budgets", []):
         pick = html.escape(str(b["auto"])) + ("" if b.get("auto_fits_estimate", True) else
-                                              ' <span class="ci">(nothing fits the estimate: the cheapest)</span>')
+                                              ' <span class="ci">(nothing fits the estimate: the best ceiling among the cheapest)</span>')
         brows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
             f"{b['budget_ms']:g} ms", pick, _num(b.get("auto_ceiling"), ".3f"), _num(b["auto_mrr"], ".3f"),
             _num(b["auto_p50_ms"], ".1f") + " ms", html.escape(str(b.get("best_fixed") or MISSING)),
