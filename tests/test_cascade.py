@@ -185,6 +185,8 @@ def test_eval_cascade_budgets_add_the_pareto_section(tiny_index, tiny_bench, tmp
     assert [b["budget_ms"] for b in metrics["cascade"]["budgets"]] == [1000.0, 100000.0]
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="cascade-chart"' in page and 'id="cascade-budgets"' in page and 'id="stability"' in page
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Cascades" in md and md.count(" ms | ") >= 2
     capsys.readouterr()
     assert main(["eval", "--index", str(tiny_index), "--queries", str(qfile), "--slice", "all",
                  "--cascade-budgets", "fast", "--out", str(out)]) != 0

@@ -160,6 +160,8 @@ def test_report_shows_the_stability_table_and_markers(evaluated, tmp_path) -> No
     rate = (lambda v: "—" if v is None else f"{v:.3f}")
     assert cells[4:6] == [rate(s["proponent_rate_stable"]), rate(s["proponent_rate_unstable"])]
     assert "bm25" not in table and "random" not in table  # no stability: no row
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "## Stability" in md and f"| tracin | {s['hits']} | {cells[3]} | {cells[4]} | {cells[5]} |" in md
     # The drill-down carries the per-hit entries (the markers are drawn from them).
     blob = json.loads(re.search(r'<script type="application/json" id="dd-data">(.*?)</script>', page, re.S)
                       .group(1).replace("<\\/", "</"))

@@ -193,6 +193,46 @@ def _markdown_doc(report: Mapping[str, Any]) -> str:
     settings = report.get("settings") or {}
     labels = dict(SETTING_LABELS)
     order = [k for k, _ in SETTING_LABELS if k in settings] + sorted(k for k in settings if k not in labels)
-    lines = [f"# {report.get('title', 'tracer report')}", "", markdown_table(report), "## Settings", ""]
+    lines = [f"# {report.get('title', 'tracer report')}", "", markdown_table(report)]
+    lines += _markdown_stability(report.get("stability")) + _markdown_cascade(report.get("cascade"))
+    lines += ["## Settings", ""]
     lines += [f"- {labels.get(k, k.replace('_', ' '))}: {_fmt(settings[k])}" for k in order]
     return "\n".join(lines) + "\n"
+
+
+def _md_num(v: Any, fmt: str) -> str:
+    return MISSING if v is None else format(v, fmt)
+
+
+def _markdown_stability(stab: Mapping[str, Any] | None) -> list[str]:
+    """The stability table (:mod:`tracer.metrics.stability`) as markdown lines; none without one."""
+    if not stab or not stab.get("methods"):
+        return []
+    out = ["## Stability", "", f"Proponent rate of hits in every checkpoint's top {stab.get('k', 10)} (stable) vs the "
+           "rest, at equal rank, with a 95% bootstrap interval over queries.", "",
+           "| method | hits | stable share | proponent rate, stable | unstable | difference [95% CI] |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for m, s in stab["methods"].items():
+        ci = s.get("ci95")
+        diff = _md_num(s.get("difference"), "+.3f") + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+        share = MISSING if s.get("stable_share") is None else f"{100 * s['stable_share']:.1f}%"
+        out.append(f"| {m} | {s.get('hits', MISSING)} | {share} | {_md_num(s.get('proponent_rate_stable'), '.3f')} | "
+                   f"{_md_num(s.get('proponent_rate_unstable'), '.3f')} | {diff} |")
+    return out + [""]
+
+
+def _markdown_cascade(block: Mapping[str, Any] | None) -> list[str]:
+    """The cascades' budget table (:func:`tracer.cascade.pareto`) as markdown lines; none without one."""
+    if not block:
+        return []
+    k = block.get("k", 10)
+    out = ["## Cascades", "", f"{block.get('evaluated_queries')} queries timed, {block.get('calibration_queries')} "
+           f"calibrate; {block.get('method')} rerank.", "",
+           f"| budget | auto picks | its ceiling | its MRR@{k} | its p50 | best fixed within budget | its MRR@{k} | "
+           "auto / best |", "|---:|---|---:|---:|---:|---|---:|---:|"]
+    for b in block.get("budgets", []):
+        out.append(f"| {b['budget_ms']:g} ms | {b['auto']}{'' if b.get('auto_fits_estimate', True) else ' (over)'} | "
+                   f"{_md_num(b.get('auto_ceiling'), '.3f')} | {_md_num(b.get('auto_mrr'), '.3f')} | "
+                   f"{_md_num(b.get('auto_p50_ms'), '.1f')} ms | {b.get('best_fixed') or MISSING} | "
+                   f"{_md_num(b.get('best_fixed_mrr'), '.3f')} | {_md_num(b.get('auto_over_best'), '.3f')} |")
+    return out + [""]
