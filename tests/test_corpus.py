@@ -130,6 +130,113 @@ def test_empty_corpus(tmp_path: Path) -> None:
         load_corpus(path)
 
 
+# --------------------------------------------------------------------------- open_corpus (lazy)
+
+
+def _formats(tmp_path: Path) -> dict[str, Path]:
+    """The same corpus (DOCS, plus a blank line in the JSON-lines file) in every readable format."""
+    out = {"jsonl": tmp_path / "c.jsonl", "gz": tmp_path / "c.jsonl.gz", "array": tmp_path / "c.json"}
+    rows = documents_to_rows(DOCS)
+    out["jsonl"].write_text("".join(json.dumps(r) + "\n" + ("\n" if i == 0 else "") for i, r in enumerate(rows)),
+                            encoding="utf-8")
+    write_jsonl(out["gz"], rows)
+    out["array"].write_text(json.dumps(rows), encoding="utf-8")
+    return out
+
+
+def test_open_corpus_equals_load_corpus_in_every_format(tmp_path: Path) -> None:
+    from tracer.corpus import DocumentFile, open_corpus
+    from tracer.corpus.io import fingerprints
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    for name, path in _formats(tmp_path).items():
+        with open_corpus(path, spill_dir=spill) as docs:
+            assert isinstance(docs, DocumentFile), name
+            assert list(docs) == load_corpus(path) == DOCS, name
+            assert len(docs) == 3 and docs[1] == DOCS[1] and docs[-1] == DOCS[2]
+            assert list(docs[1:]) == DOCS[1:] and list(docs[::2]) == DOCS[::2]
+            assert isinstance(docs[1:], DocumentFile)
+            assert corpus_fingerprint(docs) == corpus_fingerprint(DOCS)
+            assert fingerprints(docs) == fingerprints(DOCS)
+            with pytest.raises(IndexError):
+                docs[3]
+            assert (docs.path == path) == (name == "jsonl")  # only a plain .jsonl is read in place
+        assert not list(spill.iterdir())  # closing removed the spill file
+
+
+def test_open_corpus_parquet_and_save_to_disk_are_spilled_row_by_row(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from tracer.corpus import open_corpus
+    from tracer.corpus import io as cio
+
+    rows = [{"id": f"d{i}", "text": f"text {i}", "facts": [f"f{i}"]} for i in range(10)]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "c.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    old_batch, cio.PARQUET_BATCH = cio.PARQUET_BATCH, 3  # several record batches
+    try:
+        for path in (tmp_path / "c.parquet", tmp_path / "saved"):
+            docs = open_corpus(path, spill_dir=tmp_path / "spill")
+            assert list(docs) == load_corpus(path) and len(docs) == 10
+            spilled = docs.path
+            assert spilled.parent == tmp_path / "spill" and spilled.is_file()
+            del docs  # garbage collection removes the spill file too
+            assert not spilled.exists()
+    finally:
+        cio.PARQUET_BATCH = old_batch
+
+
+def test_open_corpus_errors_are_load_corpus_errors(tmp_path: Path) -> None:
+    from tracer.corpus import open_corpus
+
+    dup = tmp_path / "dup.jsonl"
+    write_jsonl(dup, [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}, {"id": "x", "text": "three"}])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok"}\n\n{"id": "b", "text": \n', encoding="utf-8")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    norow = tmp_path / "rows.jsonl"
+    write_jsonl(norow, [{"id": "z", "text": "fine"}, {"id": "a"}])
+    dup_gz = tmp_path / "dup.jsonl.gz"
+    write_jsonl(dup_gz, [{"id": "x", "text": "one"}, {"id": "x", "text": "two"}])
+    (tmp_path / "spill").mkdir()
+    for path in (dup, bad, empty, norow, dup_gz, tmp_path / "nope.jsonl"):
+        with pytest.raises(DataError) as want:
+            load_corpus(path)
+        with pytest.raises(DataError) as got:
+            open_corpus(path, spill_dir=tmp_path / "spill")
+        assert str(got.value) == str(want.value)
+    assert not list((tmp_path / "spill").iterdir())  # a failed spill leaves nothing
+
+
+def test_open_corpus_max_docs_and_a_changed_file(tmp_path: Path) -> None:
+    import pickle
+
+    from tracer.corpus import open_corpus
+
+    path = _formats(tmp_path)["jsonl"]
+    assert list(open_corpus(path, max_docs=2)) == DOCS[:2]
+    docs = open_corpus(path)
+    copy = pickle.loads(pickle.dumps(docs))  # what a worker process would get
+    assert list(copy) == DOCS
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"id": "d", "text": "late"}) + "\n")
+    with pytest.raises(DataError, match="changed while the corpus was in use"):
+        docs[0]
+
+
+def test_spill_documents_checks_ids(tmp_path: Path) -> None:
+    from tracer.corpus.io import spill_documents
+
+    with spill_documents(iter(DOCS), spill_dir=tmp_path) as docs:
+        assert list(docs) == DOCS
+    with pytest.raises(DataError, match=r"row 2: duplicate document id 'a' \(first at row 0\)"):
+        spill_documents(iter([DOCS[0], DOCS[1], DOCS[0]]), spill_dir=tmp_path)
+    with pytest.raises(DataError, match="corpus is empty"):
+        spill_documents(iter([]), spill_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- load_queries
 
 

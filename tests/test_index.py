@@ -280,3 +280,19 @@ def test_manifest_records_what_rebuilds_the_index(tiny_index):
 def test_shard_size_does_not_change_the_index(tmp_path, tiny_bench, tiny_run, tiny_index):
     build_tiny_index(tmp_path / "s", tiny_bench, tiny_run, shard_size=32)
     assert _arrays(tmp_path / "s") == _arrays(tiny_index)
+
+
+def test_a_lazy_corpus_builds_the_index_a_list_builds(tmp_path, tiny_bench, tiny_run, tiny_index):
+    """``open_corpus`` (a ``DocumentFile`` read on demand) gives every file a list of ``Document`` gives."""
+    from types import SimpleNamespace
+
+    from tracer.corpus import documents_to_rows, open_corpus, write_jsonl
+    from tracer.index.manifest import read_manifest
+
+    path = write_jsonl(tmp_path / "c.jsonl", documents_to_rows(tiny_bench.documents)) and tmp_path / "c.jsonl"
+    with open_corpus(path) as docs:
+        assert list(docs) == list(tiny_bench.documents)
+        build_tiny_index(tmp_path / "lazy", SimpleNamespace(documents=docs), tiny_run)
+    got, want = read_manifest(tmp_path / "lazy", verify=True), read_manifest(tiny_index)
+    assert {k: v["sha256"] for k, v in got["files"].items()} == {k: v["sha256"] for k, v in want["files"].items()}
+    assert got["corpus"] == want["corpus"] and got["stages"] == want["stages"]

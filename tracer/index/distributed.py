@@ -3,7 +3,9 @@
 ``tracer build --engine ray`` runs the same build as a local one (``tracer.index.build``):
 the driver fits the K-FAC factors, then, checkpoint by checkpoint, hands the shards it still
 lacks to a pool of Ray actors (``ray.util.ActorPool``). Each actor holds one model replica of
-the current checkpoint (loaded on its first shard of that checkpoint), featurizes a shard into
+the current checkpoint (loaded on its first shard of that checkpoint), receives the shard's
+examples tokenized by the driver when the shard is dispatched (the driver never holds the corpus
+tokenized: ``ActorPool`` builds a task's arguments only when an actor is free), featurizes them into
 stored rows with the build's own ``ShardFeaturizer`` and writes them as one file under the
 build's partial directory, ``<out>.partial/build_state/shards/``: that path must be on storage
 every worker sees. The driver stores each shard file into the feature memmaps, leaves the

@@ -193,7 +193,9 @@ class ShardEngine(Protocol):
             job: The checkpoint's job.
             local: A featurizer already loaded in the build's process (an engine may ignore it).
             todo: Shards ``(s, lo, hi)`` to featurize.
-            examples: The whole corpus, encoded, in row order.
+            examples: The whole corpus, encoded, in row order: in a build, a lazy sequence
+                (``tracer.featurize.checkpoint.EncodedDocuments``) that tokenizes rows ``lo:hi`` when it
+                is sliced, so an engine should slice one shard at a time, as it dispatches it.
         """
         ...
 
