@@ -25,6 +25,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/lds")
     ap.add_argument("--preset", default="tiny", help="synth and train preset (default tiny)")
+    ap.add_argument("--distractors", default="standard", help="synth distractors: standard | hard")
     ap.add_argument("--epochs", type=int, help="override the train preset's epochs (tiny's 3 learn no fact)")
     ap.add_argument("--subsets", type=int, default=32)
     ap.add_argument("--alpha", type=float, default=0.5)
@@ -43,7 +44,7 @@ def main() -> int:
     seconds: dict[str, float] = {}
     steps = [
         ("synth", w / "bench" / "queries.jsonl",
-         ["synth", "--out", str(w / "bench"), "--preset", args.preset]),
+         ["synth", "--out", str(w / "bench"), "--preset", args.preset, "--distractors", args.distractors]),
         ("train", w / "run" / "train_report.json",
          ["train", "--data", str(w / "bench"), "--out", str(w / "run"), "--preset", args.preset]
          + (["--epochs", str(args.epochs)] if args.epochs else [])),
