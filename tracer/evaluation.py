@@ -105,6 +105,7 @@ def _rank_all(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
               on_progress: Callable[[int, int, str], None] | None,
               deadline: float | None) -> tuple[Runs, StabilityRuns]:
     """Every method's ranked run, and per-hit stability of the gradient methods' top :data:`HITS_K`."""
+    from tracer.index.seeds import extend_stability
     from tracer.metrics.details import HITS_K
     from tracer.metrics.stability import stability_block
     from tracer.retrieval import Retrieval
@@ -139,7 +140,9 @@ def _rank_all(retriever: Retriever, queries: Sequence[Query], cfg: EvalConfig,
                 scores, top = ranked[m]
                 n = min(HITS_K, len(top))
                 r = Retrieval(qf, scores[:n], top[:n], len(rows), {}, candidate_rows=rows)
-                stab.setdefault(m, {})[q.query_id] = stability_block(retriever.stability(r, m, HITS_K), n)
+                st = extend_stability(retriever, retriever.stability(r, m, HITS_K), q.prompt, q.target, m, HITS_K,
+                                      rows, top[:n])  # x projection seeds where the index has seed siblings
+                stab.setdefault(m, {})[q.query_id] = stability_block(st, n)
             qf.cache.clear()  # keep memory flat across queries
         done += len(batch)
         if on_progress:

@@ -165,7 +165,7 @@ class Tracer:
         r = self.retriever.retrieve(q.prompt, q.target, method=method, candidates=candidates, k=k,
                                     num_candidates=num_candidates, deadline=deadline, cancelled=cancelled,
                                     opponents=opponents)
-        st = self._stability(r, method, candidates, k, stability, deadline, cancelled)
+        st = self._stability(r, method, candidates, k, stability, deadline, cancelled, q)
         r.timings_ms["total_ms"] = (time.perf_counter() - t0) * 1e3
         res = self._result(q, method, candidates, r, include_text, r.timings_ms, st)
         return self._with_ceiling(res, candidates, num_candidates, plan)
@@ -227,13 +227,16 @@ class Tracer:
         return dataclasses.replace(res, recall_ceiling=ceiling, cascade=plan)
 
     def _stability(self, r: Any, method: str, candidates: str, k: int, stability: bool | None,
-                   deadline: float | None, cancelled: Callable[[], bool] | None) -> Any:
+                   deadline: float | None, cancelled: Callable[[], bool] | None, q: Query | None = None) -> Any:
+        from tracer.index.seeds import extend_stability
         from tracer.retrieval import stopper
 
         if not (stability if stability is not None else candidates != "full"):
             return None
         t0 = time.perf_counter()
         st = self.retriever.stability(r, method, k, stopper(deadline, cancelled))
+        if q is not None:  # over checkpoints x projection seeds where the index has seed siblings
+            st = extend_stability(self.retriever, st, q.prompt, q.target, method, k, r.candidate_rows, r.rows)
         r.timings_ms["stability_ms"] = (time.perf_counter() - t0) * 1e3
         return st
 
@@ -289,7 +292,8 @@ class Tracer:
                                           candidates=candidates, k=k, num_candidates=num_candidates,
                                           deadline=deadline, cancelled=cancelled, opponents=opponents)
         total = (time.perf_counter() - t0) * 1e3 / max(1, len(queries))
-        sts = [self._stability(r, method, candidates, k, stability, deadline, cancelled) for r in rs]
+        sts = [self._stability(r, method, candidates, k, stability, deadline, cancelled, q)
+               for q, r in zip(queries, rs)]
         return [self._result(q, method, candidates, r, include_text, {**r.timings_ms, "total_ms": total}, st)
                 for q, r, st in zip(queries, rs, sts)]
 
