@@ -110,3 +110,20 @@ def test_widen_by_hand():
     vals = np.array([1.0, 3.0, 5.0, 0.0])
     half = student.ppf(0.975, 3) * vals.std(ddof=1) / 2
     assert (lo[0], hi[0]) == pytest.approx((vals.mean() - half, vals.mean() + half))
+
+
+def test_build_flag_builds_the_siblings(tiny_bench, tiny_run, tmp_path, capsys):
+    from tracer.cli.main import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d.doc_id, "text": d.text}) + "\n" for d in tiny_bench.documents))
+    base = ["build", "--corpus", str(corpus), "--model", str(tiny_run), "--projection", "gaussian", "--k-in", "8",
+            "--k-out", "8", "--no-trak", "--no-influence", "--no-embeddings"]
+    assert main(base + ["--out", str(tmp_path / "bad"), "--stability-seeds", "0"]) == 2
+    assert "--stability-seeds needs a seed other than --seed (0)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before building anything
+    assert main(base + ["--out", str(tmp_path / "idx"), "--stability-seeds", "3"]) == 0
+    assert "stability seeds: 3" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "idx" / S.SEEDS_FILE).read_text())
+    assert rec["seeds"] == [3] and (tmp_path / "idx" / rec["dirs"]["3"] / "manifest.json").is_file()
+    assert main(["info", str(tmp_path / "idx"), "--verify"]) == 0  # the siblings do not upset the main index

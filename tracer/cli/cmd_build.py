@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-length", type=int, default=128)
     g.add_argument("--no-optimizer-correction", action="store_true")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stability-seeds", default=None, metavar="S,S,...",
+                   help="also build gradient-only siblings with these projection seeds, so each hit's stability "
+                        "spans checkpoints x seeds (tracer.index.seeds; one more featurize per seed and query)")
     s = p.add_argument_group("stages")
     for name in ("gradients", "influence", "trak", "embeddings", "bm25"):
         s.add_argument(f"--no-{name}", action="store_true", help=f"skip {name}")
@@ -113,6 +116,7 @@ def _build(args: argparse.Namespace, cks: list, docs: Any) -> int:
     from tracer.featurize.config import DEFAULT_DIM, FeaturizeConfig
     from tracer.index.build import IndexConfig, build_index
 
+    seeds = _stability_seeds(args.stability_seeds, args.seed)  # before hours of featurizing, not after
     ident = args.projection == "identity"
     fcfg = FeaturizeConfig(layers=tuple(x for x in args.layers.split(",") if x), k_in=0 if ident else args.k_in,
                            k_out=0 if ident else args.k_out, projection=args.projection, seed=args.seed,
@@ -136,4 +140,23 @@ def _build(args: argparse.Namespace, cks: list, docs: Any) -> int:
     if getattr(engine, "worker_pids", None):  # a Ray build that featurized something
         print(f"  ray: {engine.featurized} shards on {len(engine.worker_pids)} worker processes "
               f"(Ray start and actors ready in {engine.startup_seconds:.1f}s, part of the gradients stage)")
+    if seeds:
+        from tracer.index.seeds import build_seeds
+
+        rec = build_seeds(args.out, seeds)
+        print(f"  stability seeds: {', '.join(str(x) for x in rec['seeds'])} (gradient-only siblings in "
+              f"{args.out}/seeds)")
     return 0
+
+
+def _stability_seeds(text: str | None, seed: int) -> list[int]:
+    """``--stability-seeds``: comma-separated integers, at least one other than ``--seed`` (empty/None: none)."""
+    if not text:
+        return []
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DataError(f"--stability-seeds must be comma-separated integers, got {text!r}") from None
+    if not set(seeds) - {seed}:
+        raise DataError(f"--stability-seeds needs a seed other than --seed ({seed}), got {text!r}")
+    return seeds
