@@ -72,7 +72,7 @@ def lazy_documents(corpus: Any, columns: Mapping[str, str] | None = None,
 
 def _iter_documents(corpus: Any, columns: Mapping[str, str] | None) -> Iterable[tuple[str, Document]]:
     """``(location, document)`` for every row of ``corpus`` (see :func:`as_documents`), as they are read."""
-    from tracer.corpus.io import iter_rows, row_to_document
+    from tracer.corpus.io import iter_rows
 
     cols = dict(columns or {})
     bad = sorted(set(cols) - set(FIELDS))
@@ -90,6 +90,8 @@ def _iter_documents(corpus: Any, columns: Mapping[str, str] | None) -> Iterable[
 
 
 def _documents(rows: Iterable[tuple[str, Any]], cols: dict[str, str]) -> Iterable[tuple[str, Document]]:
+    from tracer.corpus.io import row_to_document
+
     for i, (where, row) in enumerate(rows):
         if isinstance(row, Document):
             yield where, row

@@ -557,11 +557,13 @@ def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timi
         "loss": {"masking": "prompt tokens -100; loss on target tokens", "reduction": ctx.cfg.featurize.loss_reduction},
         "views": views if ctx.cfg.gradients else [],
         "stages": stages,
-        # what the corpus statistics were fitted on; `tracer add` keeps the basis, recomputes the rest
+        # what the corpus statistics were fitted on; `tracer add` keeps the basis, updates or recomputes the rest
         "statistics": {"basis_fit_pool": ctx.basis.fit_pool if ctx.basis else len(ctx.docs),
                        "basis_widths_pinned": bool(ctx.basis and ctx.basis.widths is not None),
                        "policy": "K-FAC basis, prescale and budget widths from a fit sample of the first "
                                  "basis_fit_pool documents; moments, gradient FAISS, influence, TRAK, embeddings "
-                                 "and BM25 over every document"},
+                                 "and BM25 over every document (tracer add completes the moments and TRAK Grams, "
+                                 "sums over rows, from the rows it adds: equal to a full pass up to float64 "
+                                 "summation order)"},
         "build_seconds": dict(timings),
     }

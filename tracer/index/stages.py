@@ -339,12 +339,14 @@ def build_embedding_stage(ctx: Any) -> dict[str, Any]:
         for block in chain([first], rows):
             out[written:written + len(block)] = block.astype(np.float16)
             written += len(block)
+            if written % CHUNK < len(block):  # about every CHUNK rows: written pages are not ours to hold
+                out.flush()
+                release_pages(out)
             yield block
 
     with bar:
         index = build_faiss(dim, n, stored, "Flat")
     out.flush()
-    del out
     write_faiss(index, ctx.root / F.EMBEDDING_FAISS)
     return {"dim": dim, "pooling": "mean of final hidden states", "normalized": True}
 
