@@ -155,17 +155,19 @@ def test_report_shows_the_stability_table_and_markers(evaluated, tmp_path) -> No
     s = report["stability"]["methods"]["tracin"]
     row = re.search(r"<tr><td>tracin</td>.*?</tr>", table).group(0)
     cells = re.findall(r"<td>(.*?)</td>", row)
-    assert cells[1:3] == [str(s["queries"]), str(s["hits"])]
-    assert cells[3] == f"{100 * s['stable_share']:.1f}%"
+    assert cells[1:4] == ["3", str(s["queries"]), str(s["hits"])]  # views: 3 checkpoints, no seed siblings
+    assert report["stability"]["views"] == {"tracin": 3}
+    assert cells[4] == f"{100 * s['stable_share']:.1f}%"
     rate = (lambda v: "—" if v is None else f"{v:.3f}")
-    assert cells[4:6] == [rate(s["proponent_rate_stable"]), rate(s["proponent_rate_unstable"])]
+    assert cells[5:7] == [rate(s["proponent_rate_stable"]), rate(s["proponent_rate_unstable"])]
     assert "bm25" not in table and "random" not in table  # no stability: no row
     md = paths["markdown"].read_text(encoding="utf-8")
-    assert "## Stability" in md and f"| tracin | {s['hits']} | {cells[3]} | {cells[4]} | {cells[5]} |" in md
+    assert "## Stability" in md and f"| tracin | {s['hits']} | {cells[4]} | {cells[5]} | {cells[6]} |" in md
     # The drill-down carries the per-hit entries (the markers are drawn from them).
     blob = json.loads(re.search(r'<script type="application/json" id="dd-data">(.*?)</script>', page, re.S)
                       .group(1).replace("<\\/", "</"))
     assert blob["stability"] == report["details"]["stability"] and blob["n_checkpoints"] == 3
+    assert blob["views"] == {"tracin": 3}
     assert "class=\"stab st\"" in page and "'stab'+(ok?' st':'')" in page
     # per_query.jsonl: one record per top hit, aligned with "top".
     lines = [json.loads(x) for x in paths["per_query"].read_text().splitlines()]

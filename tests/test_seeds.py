@@ -100,6 +100,23 @@ def test_hits_are_widened_over_checkpoints_and_seeds(seeded_index, tiny_bench, t
     assert "made for another build" in caplog.text
 
 
+def test_eval_records_the_widened_stability(seeded_index, tiny_bench):
+    from tracer import Tracer
+    from tracer.evaluation import EvalConfig, run_evaluation
+
+    root, _ = seeded_index
+    qs = [q for q in tiny_bench.queries if q.proponents][:3]
+    with Tracer.open(root) as t:
+        res = run_evaluation(t.retriever, qs, EvalConfig(methods=("bm25", "tracin"), num_candidates=N_CAND, n_boot=50))
+        traced = t.trace_batch(qs, method="tracin", k=10, num_candidates=N_CAND)
+    assert res.report["stability"]["views"] == {"tracin": 9}  # 3 checkpoints x 3 seeds
+    assert res.report["details"]["stability_views"] == {"tracin": 9}
+    for q, r in zip(qs, traced):
+        got = res.report["details"]["stability"]["tracin"][q.query_id]
+        assert [g[0] for g in got] == pytest.approx([h.topk_fraction for h in r.hits], rel=1e-5)
+        assert [g[1] for g in got] == [h.stable for h in r.hits]
+
+
 def test_widen_by_hand():
     main = np.array([[1.0, 3.0], [2.0, 2.0]])  # 2 hits x 2 checkpoints
     frac = np.array([1.0, 0.5])  # hit 0 in both main top-k, hit 1 in one

@@ -235,7 +235,10 @@ def run_evaluation(retriever: Retriever, queries: Sequence[Query], cfg: EvalConf
     report = {"title": f"tracer benchmark on {store.name}", "settings": settings, "methods": methods,
               "provenance": provenance(retriever), "details": details}
     if stab:
+        from tracer.index.seeds import n_views
+
         report["stability"] = stability_summary(details, qrels, cfg.n_boot, cfg.seed)
+        report["stability"]["views"] = details["stability_views"] = {m: n_views(retriever, m) for m in stab}
     return EvalResult(report, runs, qrels)
 
 

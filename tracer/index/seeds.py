@@ -49,7 +49,7 @@ from tracer.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SEEDS_DIR", "SEEDS_FILE", "build_seeds", "extend_stability", "load_record", "widen"]
+__all__ = ["SEEDS_DIR", "SEEDS_FILE", "build_seeds", "extend_stability", "load_record", "n_views", "widen"]
 
 SEEDS_DIR = "seeds"  # sibling indexes, one directory per extra seed
 SEEDS_FILE = "seeds.json"  # the record of the siblings, beside manifest.json
@@ -208,6 +208,26 @@ def siblings(retriever: Any) -> _Siblings | None:
         return got
 
 
+def _serves(sib: _Siblings, method: str) -> bool:
+    from tracer.methods.base import GradientMethod
+
+    for s in sib.record["seeds"]:
+        r = sib.retriever(int(s))
+        if method not in r.available_methods() or not isinstance(r.method(method), GradientMethod):
+            return False
+    return True
+
+
+def n_views(retriever: Any, method: str) -> int:
+    """How many (checkpoint, seed) views a hit's stability spans for ``method`` over candidates: the
+    method's checkpoints, times the seeds (the index's own and its siblings') when the siblings serve it."""
+    n_ck = len(retriever.method(method).checkpoint_indices())
+    sib = siblings(retriever)
+    if sib is None or not _serves(sib, method):
+        return n_ck
+    return n_ck + sum(len(sib.retriever(int(s)).method(method).checkpoint_indices()) for s in sib.record["seeds"])
+
+
 def extend_stability(retriever: Any, st: Any, prompt: str, target: str, method: str, k: int,
                      candidate_rows: np.ndarray | None, hits: np.ndarray) -> Any:
     """``st`` (a :class:`~tracer.retrieval.Stability` of ``hits``) widened over the index's seed siblings.
@@ -215,7 +235,6 @@ def extend_stability(retriever: Any, st: Any, prompt: str, target: str, method: 
     Returns ``st`` unchanged when there is nothing to widen: no siblings, no stability, a full-corpus
     scan (``candidate_rows is None``) or a method the siblings cannot serve.
     """
-    from tracer.methods.base import GradientMethod
     from tracer.methods.kernel import checkpoint_scores
     from tracer.retrieval import Stability
 
@@ -224,16 +243,13 @@ def extend_stability(retriever: Any, st: Any, prompt: str, target: str, method: 
     sib = siblings(retriever)
     if sib is None:
         return st
+    if not _serves(sib, method):
+        return st
     views = []
     for s in sib.record["seeds"]:
         r = sib.retriever(int(s))
-        if method not in r.available_methods():
-            return st
-        m = r.method(method)
-        if not isinstance(m, GradientMethod):
-            return st
         q = r.features([(prompt, target)], [method], "full")[0]
-        views.append(checkpoint_scores(r.store, q, candidate_rows, m))
+        views.append(checkpoint_scores(r.store, q, candidate_rows, r.method(method)))
     pos = {int(x): i for i, x in enumerate(candidate_rows)}
     cols = np.array([pos[int(h)] for h in hits], dtype=np.int64)
     frac, low, high = widen(st.checkpoint_scores, st.topk_fraction, views, cols, k)

@@ -207,13 +207,17 @@ def _stability_section(stab: Mapping[str, Any]) -> str:
         diff = MISSING if s.get("difference") is None else f"{s['difference']:+.3f}" + (
             f' <span class="ci">[{ci[0]:+.3f}, {ci[1]:+.3f}]</span>' if ci else "")
         share = MISSING if s.get("stable_share") is None else f"{100 * s['stable_share']:.1f}%"
+        views = (stab.get("views") or {}).get(m)
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            html.escape(str(m)), str(s.get("queries", MISSING)), str(s.get("hits", MISSING)), share,
+            html.escape(str(m)), MISSING if views is None else str(views), str(s.get("queries", MISSING)),
+            str(s.get("hits", MISSING)), share,
             rate(s.get("proponent_rate_stable")), rate(s.get("proponent_rate_unstable")), diff)) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("method", "queries", "hits", "stable share", "proponent rate, stable",
-                                             "proponent rate, unstable", "difference [95% CI]"))
+    head = "".join(f"<th>{h}</th>" for h in ("method", "views", "queries", "hits", "stable share",
+                                             "proponent rate, stable", "proponent rate, unstable",
+                                             "difference [95% CI]"))
     return (f"<h2>Stability: are stable hits more often proponents?</h2><p class=\"note\">A hit is <i>stable</i> "
-            f"when it is in the top {k} under every checkpoint alone. Rank by rank (top {k}), the share of "
+            f"when it is in the top {k} under every checkpoint alone (<i>views</i>: the checkpoints, times the "
+            f"projection seeds where the index has seed siblings). Rank by rank (top {k}), the share of "
             "proponents among stable hits minus the share among unstable ones, pooled over the ranks that hold "
             "both kinds (weighted by their hits), so a method is not credited for putting stable hits first; "
             "95% percentile-bootstrap interval over queries. An interval across 0 means the flag says nothing "
@@ -310,7 +314,8 @@ def _drilldown(details: Mapping[str, Any], n_checkpoints: int = 0) -> str:
     data = {"queries": [{"id": q, **v} for q, v in details["queries"].items()],
             "methods": list(details["per_query"]), "per_query": details["per_query"],
             "hits": details["hits"], "documents": details.get("documents", {}),
-            "stability": details.get("stability") or {}, "n_checkpoints": int(n_checkpoints)}
+            "stability": details.get("stability") or {}, "n_checkpoints": int(n_checkpoints),
+            "views": details.get("stability_views") or {}}
     blob = json.dumps(data, separators=(",", ":"), sort_keys=True).replace("</", "<\\/")
     return ("<h2>Per query</h2><div id=\"dd-controls\"><input id=\"dd-search\" type=\"search\" "
             "placeholder=\"filter: words of the prompt or target, a relation, a query or doc id\">"
@@ -444,9 +449,9 @@ function renderDetail(q){
     (D.hits[m][q.id]||[]).forEach(([doc,score],i)=>{
       const h=el('div','hit'+(pro.has(doc)?' pro':''));
       h.appendChild(el('span','sc',fmt(score)));
-      if(st[i]){const [f,ok,lo,hi]=st[i],n=D.n_checkpoints;
+      if(st[i]){const [f,ok,lo,hi]=st[i],n=D.views[m]||D.n_checkpoints;
         const b=el('span','stab'+(ok?' st':''),n?Math.round(f*n)+'/'+n:Math.round(100*f)+'%');
-        b.title=(ok?'stable: ':'')+'in the top 10 of '+Math.round(100*f)+'% of checkpoints; score over checkpoints, 95% interval ['+fmt(lo)+', '+fmt(hi)+']';
+        b.title=(ok?'stable: ':'')+'in the top 10 of '+Math.round(100*f)+'% of the checkpoint (x seed) views; score over them, 95% interval ['+fmt(lo)+', '+fmt(hi)+']';
         h.appendChild(b);}
       h.appendChild(el('span','id',(i+1)+'. '+(pro.has(doc)?'✓ ':'')+doc+' '));
       h.appendChild(el('div','txt',D.documents[doc]||''));col.appendChild(h);});
