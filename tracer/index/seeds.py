@@ -182,19 +182,21 @@ class _Siblings:
     def __init__(self, main: Any, record: dict[str, Any]) -> None:
         self.main, self.record = main, record
         self._retrievers: dict[int, Any] = {}
+        self._lock = threading.Lock()
 
     def retriever(self, seed: int) -> Any:
         from tracer.index.store import IndexStore
         from tracer.retrieval import Retriever
 
-        if seed not in self._retrievers:
-            store = IndexStore.open(self.main.store.root / self.record["dirs"][str(seed)])
-            if store.doc_ids != self.main.store.doc_ids:
-                raise InvalidRequestError(f"{store.root}: the seed-{seed} sibling holds other documents than "
-                                          "its index; run build_seeds again")
-            self._retrievers[seed] = Retriever(store, checkpoint_dirs=self.main.checkpoint_dirs,
-                                               batching=self.main.batching, tokenizer=self.main.tokenizer_path)
-        return self._retrievers[seed]
+        with self._lock:  # concurrent queries open each sibling once
+            if seed not in self._retrievers:
+                store = IndexStore.open(self.main.store.root / self.record["dirs"][str(seed)])
+                if store.doc_ids != self.main.store.doc_ids:
+                    raise InvalidRequestError(f"{store.root}: the seed-{seed} sibling holds other documents than "
+                                              "its index; run build_seeds again")
+                self._retrievers[seed] = Retriever(store, checkpoint_dirs=self.main.checkpoint_dirs,
+                                                   batching=self.main.batching, tokenizer=self.main.tokenizer_path)
+            return self._retrievers[seed]
 
 
 def siblings(retriever: Any) -> _Siblings | None:
