@@ -150,7 +150,7 @@ class _Union(Sequence[Document]):
 def _already_in(old: DocumentFile, root: Path, docs: Sequence[Document]) -> list[str]:
     """Ids of ``docs`` the index already holds, in ``docs`` order (8-byte id hashes, not a set of ids;
     a hash match is confirmed against the stored id)."""
-    with open(root / F.DOC_IDS, encoding="utf-8") as fh:
+    with open(root / F.DOC_IDS, encoding="utf-8", newline="\n") as fh:  # no newline translation: ids as written
         have = np.fromiter((id_hash(line[:-1]) for line in fh), dtype=np.int64, count=len(old))
     order = np.argsort(have, kind="stable")
     sorted_have = have[order]
