@@ -324,8 +324,9 @@ def _drilldown(details: Mapping[str, Any], n_checkpoints: int = 0) -> str:
             "<span id=\"dd-count\" class=\"note\"></span></div>"
             "<p class=\"note\">Cells: rank of the first proponent per method (· = not in the ranked list). "
             "Click a row for the hits. Beside a gradient method's hit, <span class=\"stab st\">3/3</span> counts "
-            "the checkpoints in whose own top 10 it is (green: all of them, the hit is <i>stable</i>); hover it "
-            "for the 95% interval of the score over checkpoints.</p><div id=\"dd-list\"></div><div id=\"dd-detail\"></div>"
+            "the checkpoints (times the projection seeds, where the index has seed siblings) in whose own top 10 "
+            "it is (green: all of them, the hit is <i>stable</i>); hover it for the 95% interval of the score "
+            "over them.</p><div id=\"dd-list\"></div><div id=\"dd-detail\"></div>"
             f'<script type="application/json" id="dd-data">{blob}</script><script>{DRILLDOWN_JS}</script>')
 
 
