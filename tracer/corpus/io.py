@@ -589,8 +589,17 @@ class DocumentFile(Sequence[Document]):
         return self._read(int(self._starts[j]))
 
     def __iter__(self) -> Iterator[Document]:
-        for start in self._starts:
-            yield self._read(int(start))
+        """Streams the rows; consecutive lines are read without seeking."""
+        if not len(self._starts):
+            return
+        fh = self._open()
+        pos = -1
+        for start in self._starts.tolist():
+            if start != pos:
+                fh.seek(start)
+            line = fh.readline()
+            pos = start + len(line)
+            yield self._parse(line, start)
 
     def __repr__(self) -> str:
         return f"DocumentFile({str(self.path)!r}, {len(self)} documents)"
@@ -615,8 +624,25 @@ class DocumentFile(Sequence[Document]):
     def _read(self, start: int) -> Document:
         fh = self._open()
         fh.seek(start)
+        return self._parse(fh.readline(), start)
+
+    def _parse(self, line: bytes, start: int) -> Document:
+        """The document of one line. Rows were checked when the file was indexed, so a row is converted
+        directly (as :func:`row_to_document` converts a valid row); anything unexpected goes through
+        :func:`row_to_document` for its one-line error."""
+        try:
+            row = json.loads(line)
+            text, prompt, target, facts = row.get("text"), row.get("prompt"), row.get("target"), row.get("facts")
+            if text is None:
+                text = prompt + target
+            if (type(text) is str and text and (prompt is None or type(prompt) is str)
+                    and (target is None or type(target) is str) and row["id"] is not None
+                    and (facts is None or type(facts) is list)):
+                return Document(str(row["id"]), text, tuple(str(f) for f in facts) if facts else (), prompt, target)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass
         where = f"{self.path} (byte {start})"
-        return row_to_document(_json_object(fh.readline(), where), where)
+        return row_to_document(_json_object(line, where), where)
 
     def close(self) -> None:
         """Close the file; delete it if this object owns it (a spill file)."""
