@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.benchmark.synth import CORPUS_FILE, KB_FILE, META_FILE, QUERIES_FILE
+from tracer.benchmark.synth import KB_FILE, META_FILE, write_corpus_and_queries
 from tracer.corpus.io import iter_json_lines
 from tracer.corpus.readers import MASK_TOKEN, OBJECT_SLOT, SUBJECT_SLOT, load_lama_templates, read_lama_trex
 from tracer.errors import DataError
@@ -298,13 +298,9 @@ def write_lama_benchmark(bench: LamaBenchmark, out_dir: str | Path) -> Path:
     ``meta.json`` to ``out_dir``, as ``tracer synth`` does."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / CORPUS_FILE, "w", encoding="utf-8") as fh:
-        for d in bench.documents:
-            fh.write(json.dumps({"id": d.doc_id, "text": d.text, "facts": list(d.facts)}) + "\n")
-    with open(out / QUERIES_FILE, "w", encoding="utf-8") as fh:
-        for q in bench.queries:
-            fh.write(json.dumps({**q.to_dict(), "train_prompt": bench.train_prompts[q.query_id],
-                                 "template": bench.templates[q.query_id]}) + "\n")
+    write_corpus_and_queries(out, bench.documents, bench.queries,
+                             lambda q: {"train_prompt": bench.train_prompts[q.query_id],
+                                        "template": bench.templates[q.query_id]})
     kb = {"relations": bench.relations, "facts": bench.facts}
     (out / KB_FILE).write_text(json.dumps(kb, indent=1), encoding="utf-8")
     n_merged = sum(1 for d in bench.documents if len(d.facts) > 1)

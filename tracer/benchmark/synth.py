@@ -25,7 +25,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from tracer.benchmark.kb import (
     FILLERS,
@@ -248,16 +248,23 @@ def generate(cfg: SynthConfig) -> Benchmark:
     return Benchmark(cfg, entities, facts, docs, queries, train_prompts)
 
 
+def write_corpus_and_queries(out: Path, documents: Sequence[Document], queries: Sequence[Query],
+                             extra: Callable[[Query], dict[str, Any]]) -> None:
+    """``corpus.jsonl`` (id, text, facts) and ``queries.jsonl`` (the query plus ``extra(q)``) in ``out``."""
+    with open(out / CORPUS_FILE, "w", encoding="utf-8") as fh:
+        for d in documents:
+            fh.write(json.dumps({"id": d.doc_id, "text": d.text, "facts": list(d.facts)}) + "\n")
+    with open(out / QUERIES_FILE, "w", encoding="utf-8") as fh:
+        for q in queries:
+            fh.write(json.dumps({**q.to_dict(), **extra(q)}) + "\n")
+
+
 def write_benchmark(bench: Benchmark, out_dir: str | Path) -> Path:
     """Write ``corpus.jsonl``, ``queries.jsonl``, ``kb.json`` and ``meta.json`` to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / CORPUS_FILE, "w", encoding="utf-8") as fh:
-        for d in bench.documents:
-            fh.write(json.dumps({"id": d.doc_id, "text": d.text, "facts": list(d.facts)}) + "\n")
-    with open(out / QUERIES_FILE, "w", encoding="utf-8") as fh:
-        for q in bench.queries:
-            fh.write(json.dumps({**q.to_dict(), "train_prompt": bench.train_prompts[q.query_id]}) + "\n")
+    write_corpus_and_queries(out, bench.documents, bench.queries,
+                             lambda q: {"train_prompt": bench.train_prompts[q.query_id]})
     kb: dict[str, Any] = {
         "entities": bench.entities,
         "relations": [asdict(r) for r in RELATIONS],
