@@ -98,6 +98,17 @@ def test_hits_are_widened_over_checkpoints_and_seeds(seeded_index, tiny_bench, t
     n_ck = len(r2.hits[0].checkpoint_scores)
     assert all(round(h.topk_fraction * n_ck, 9) == round(h.topk_fraction * n_ck) for h in r2.hits)
     assert "made for another build" in caplog.text
+    # A sibling that cannot be opened disables the siblings (one warning) instead of failing the queries.
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    shutil.rmtree(broken / record["dirs"][str(record["seeds"][0])])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tracer.index.seeds"), Tracer.open(broken) as t3:
+        r3 = [t3.trace(q.prompt, q.target, method="tracin", k=K, num_candidates=N_CAND) for q in qs[:2]]
+    assert [h.doc_id for h in r3[0].hits] == [h.doc_id for h in one.hits]
+    n_ck = len(r3[0].hits[0].checkpoint_scores)
+    assert all(round(h.topk_fraction * n_ck, 9) == round(h.topk_fraction * n_ck) for r in r3 for h in r.hits)
+    assert caplog.text.count("seed siblings of") == 1
 
 
 def test_eval_records_the_widened_stability(seeded_index, tiny_bench):

@@ -589,17 +589,15 @@ class DocumentFile(Sequence[Document]):
         return self._read(int(self._starts[j]))
 
     def __iter__(self) -> Iterator[Document]:
-        """Streams the rows; consecutive lines are read without seeking."""
+        """Streams the rows; consecutive lines are read without seeking (the file position is checked, not
+        assumed, so a ``docs[i]`` read between two rows of the iteration cannot shift it)."""
         if not len(self._starts):
             return
         fh = self._open()
-        pos = -1
         for start in self._starts.tolist():
-            if start != pos:
+            if fh.tell() != start:
                 fh.seek(start)
-            line = fh.readline()
-            pos = start + len(line)
-            yield self._parse(line, start)
+            yield self._parse(fh.readline(), start)
 
     def __repr__(self) -> str:
         return f"DocumentFile({str(self.path)!r}, {len(self)} documents)"

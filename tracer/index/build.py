@@ -358,8 +358,10 @@ def _prepare_partial(out: Path, docs: Sequence[Document], checkpoints: Sequence[
     if resumed:
         return part, want
     (part / F.BUILD_STATE).mkdir(parents=True)
-    (part / F.BUILD_CONFIG).write_text(json.dumps(want, sort_keys=True))
     write_documents(part, docs)
+    # the resume guard last: a build killed while the documents stream in leaves a partial without it,
+    # which the next run discards instead of resuming into missing offsets
+    (part / F.BUILD_CONFIG).write_text(json.dumps(want, sort_keys=True))
     return part, want
 
 

@@ -180,9 +180,17 @@ class _Siblings:
     """The sibling retrievers of one main retriever, opened lazily."""
 
     def __init__(self, main: Any, record: dict[str, Any]) -> None:
-        self.main, self.record = main, record
+        self._main = weakref.ref(main)  # not a strong reference: the cache's weak key must be able to go
+        self.record = record
         self._retrievers: dict[int, Any] = {}
         self._lock = threading.Lock()
+
+    @property
+    def main(self) -> Any:
+        main = self._main()
+        if main is None:
+            raise RuntimeError("the index's retriever is gone")
+        return main
 
     def retriever(self, seed: int) -> Any:
         from tracer.index.store import IndexStore
@@ -225,9 +233,22 @@ def n_views(retriever: Any, method: str) -> int:
     method's checkpoints, times the seeds (the index's own and its siblings') when the siblings serve it."""
     n_ck = len(retriever.method(method).checkpoint_indices())
     sib = siblings(retriever)
-    if sib is None or not _serves(sib, method):
+    try:
+        if sib is None or not _serves(sib, method):
+            return n_ck
+        return n_ck + sum(len(sib.retriever(int(s)).method(method).checkpoint_indices())
+                          for s in sib.record["seeds"])
+    except Exception as e:  # as in extend_stability
+        _disable(retriever, e)
         return n_ck
-    return n_ck + sum(len(sib.retriever(int(s)).method(method).checkpoint_indices()) for s in sib.record["seeds"])
+
+
+def _disable(retriever: Any, error: BaseException) -> None:
+    """Stop using ``retriever``'s seed siblings (once, with a warning): stability falls back to its checkpoints."""
+    with _LOCK:
+        _SIBLINGS[retriever] = None
+    logger.warning("seed siblings of %s disabled (stability spans its checkpoints only): %s",
+                   retriever.store.root, error)
 
 
 def extend_stability(retriever: Any, st: Any, prompt: str, target: str, method: str, k: int,
@@ -245,13 +266,17 @@ def extend_stability(retriever: Any, st: Any, prompt: str, target: str, method: 
     sib = siblings(retriever)
     if sib is None:
         return st
-    if not _serves(sib, method):
+    try:
+        if not _serves(sib, method):
+            return st
+        views = []
+        for s in sib.record["seeds"]:
+            r = sib.retriever(int(s))
+            q = r.features([(prompt, target)], [method], "full")[0]
+            views.append(checkpoint_scores(r.store, q, candidate_rows, r.method(method)))
+    except Exception as e:  # an optional add-on: a broken sibling must not fail the index's queries
+        _disable(retriever, e)
         return st
-    views = []
-    for s in sib.record["seeds"]:
-        r = sib.retriever(int(s))
-        q = r.features([(prompt, target)], [method], "full")[0]
-        views.append(checkpoint_scores(r.store, q, candidate_rows, r.method(method)))
     pos = {int(x): i for i, x in enumerate(candidate_rows)}
     cols = np.array([pos[int(h)] for h in hits], dtype=np.int64)
     frac, low, high = widen(st.checkpoint_scores, st.topk_fraction, views, cols, k)
