@@ -151,12 +151,11 @@ def _build(args: argparse.Namespace, cks: list, docs: Any) -> int:
 
 def _stability_seeds(text: str | None, seed: int) -> list[int]:
     """``--stability-seeds``: comma-separated integers, at least one other than ``--seed`` (empty/None: none)."""
+    from tracer.cli.options import comma_list
+
     if not text:
         return []
-    try:
-        seeds = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DataError(f"--stability-seeds must be comma-separated integers, got {text!r}") from None
+    seeds = comma_list(text, int, "--stability-seeds", "integers")
     if not set(seeds) - {seed}:
         raise DataError(f"--stability-seeds needs a seed other than --seed ({seed}), got {text!r}")
     return seeds

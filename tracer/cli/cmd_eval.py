@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tracer.cli.options import add_model_overrides, model_overrides
+from tracer.cli.options import add_model_overrides, comma_list, model_overrides
 from tracer.errors import DataError
 
 DEFAULT_METHODS = "bm25,embedding,tracin,tracin_cos,influence,trak,random"
@@ -177,10 +177,7 @@ def parse_budgets(text: str | None) -> list[float]:
     """``--cascade-budgets``: comma-separated positive milliseconds (empty or ``None``: no cascades)."""
     if not text:
         return []
-    try:
-        budgets = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DataError(f"--cascade-budgets must be comma-separated milliseconds, got {text!r}") from None
+    budgets = comma_list(text, float, "--cascade-budgets", "milliseconds")
     if not budgets or any(not (b > 0) for b in budgets):
         raise DataError(f"--cascade-budgets must be positive milliseconds, got {text!r}")
     return budgets

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def add_model_overrides(p: argparse.ArgumentParser) -> None:
@@ -23,3 +25,19 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "tokenizer", None):
         out["tokenizer"] = args.tokenizer
     return out
+
+
+def comma_list(text: str | None, convert: Callable[[str], T], flag: str, what: str) -> list[T]:
+    """A comma-separated flag value as a list (empty or ``None``: ``[]``).
+
+    Raises:
+        DataError: An item ``convert`` rejects: "``flag`` must be comma-separated ``what``".
+    """
+    from tracer.errors import DataError
+
+    if not text:
+        return []
+    try:
+        return [convert(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DataError(f"{flag} must be comma-separated {what}, got {text!r}") from None
