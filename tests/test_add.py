@@ -7,8 +7,9 @@ returns the same (doc_id, score) lists. This holds because ``add`` featurizes th
 shard again and embeds in batches aligned with the full build's. The one exception: adding documents
 *updates* the sums over rows (the moments ``E[g^2]`` and the TRAK Grams) from the new rows instead
 of summing every row again, so those files agree to float64 summation order (checked to 1e-9
-relative here; everything computed from them, the FAISS coordinates and codes included, is still
-byte-identical).
+relative here; everything computed from them is still byte-identical). Adding documents pins the
+gradient FAISS space (coordinates and trained quantizer) to the original build's; the reference
+build pins the same one (``BasisPin.faiss``), and its codes of every row equal the grown index's.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def test_add_documents_equals_a_scratch_build_of_the_union(built, tmp_path, tiny
     m = add_documents(idx, new, corpus_path="new.jsonl", progress=False)
     cks = load_checkpoints(tiny_run)[:2]
     ref = build_index(tiny_bench.documents, cks, tmp_path / "ref", _cfg(), progress=False,
-                      basis=BasisPin(fit_pool=N_OLD))
+                      basis=BasisPin(fit_pool=N_OLD, faiss=str(built / "old")))
     assert m["corpus"]["n_documents"] == len(tiny_bench.documents)
     assert m["corpus"]["fingerprint"] == ref["corpus"]["fingerprint"]
     _assert_same_but_summation_order(idx, tmp_path / "ref")
@@ -109,6 +110,8 @@ def test_add_documents_equals_a_scratch_build_of_the_union(built, tmp_path, tiny
     assert [h["action"] for h in m["history"]] == ["build", "add_documents"]
     assert m["history"][1]["added_documents"] == len(new) and m["history"][1]["corpus"] == "new.jsonl"
     assert m["statistics"]["basis_fit_pool"] == N_OLD and m["stages"]["fit"]["fit_pool"] == N_OLD
+    assert m["statistics"]["faiss_fit_rows"] == N_OLD and m["stages"]["gradient_faiss"]["pinned"]
+    assert m["stages"]["gradient_faiss"]["kept_rows"] == 128  # the two whole 64-row shards of the old 150
     assert not idx.with_name("idx.partial").exists()
 
 
@@ -119,6 +122,8 @@ def test_adding_changes_what_it_should(built, tmp_path, tiny_bench):
     add_documents(idx, tiny_bench.documents[N_OLD:], progress=False)
     after = _files(idx)
     assert after["kfac/ckpt0.safetensors"] == before["kfac/ckpt0.safetensors"]  # the basis is kept
+    assert after["gradient_coords.npy"] == before["gradient_coords.npy"]  # so is the FAISS space
+    assert after["gradient.faiss"] != before["gradient.faiss"]  # which holds the new rows
     assert after["moments/raw_ckpt0.npy"] != before["moments/raw_ckpt0.npy"]  # statistics are recomputed
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import build_tiny_index
 from tracer.errors import IndexCorruptError, IndexMismatchError, NotFoundError
 from tracer.index import IndexStore
-from tracer.index.dense import build_faiss, search
+from tracer.index.dense import build_faiss, fill_faiss, read_faiss, search, write_faiss
 from tracer.index.stages import tracin_rows
 
 
@@ -59,6 +59,27 @@ def test_approximate_faiss_recall_against_flat():
     _, approx = search(ivf, q, 10, nprobe=8)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall >= 0.9, recall  # stated floor: recall@10 >= 0.9 at nprobe=8 of 32 lists
+
+
+@pytest.mark.parametrize("factory", ["SQ8", "IVF8,SQ8"])
+def test_refilling_a_trained_faiss_index_equals_a_fresh_one_of_the_same_training(tmp_path, factory):
+    """``fill_faiss`` (``tracer add``'s pinned FAISS space): keep a prefix of a trained index's vectors, add the
+    rest; the file equals filling an index of the same training with every row, and searches the same."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 16)).astype(np.float32)
+    first = build_faiss(16, 400, lambda: iter([x[:400]]), factory, train_sample=lambda: x[:400])
+    write_faiss(first, tmp_path / "old.faiss")
+    grown = fill_faiss(read_faiss(tmp_path / "old.faiss", mmap=False), 600, lambda: iter([x[256:]]), keep=256)
+    fresh = fill_faiss(read_faiss(tmp_path / "old.faiss", mmap=False), 600, lambda: iter([x[:300], x[300:]]))
+    write_faiss(grown, tmp_path / "grown.faiss")
+    write_faiss(fresh, tmp_path / "fresh.faiss")
+    assert (tmp_path / "grown.faiss").read_bytes() == (tmp_path / "fresh.faiss").read_bytes()
+    assert np.array_equal(search(grown, x[:5], 10)[1], search(fresh, x[:5], 10)[1])
+    with pytest.raises(ValueError, match="holds 599 vectors, expected 600"):
+        fill_faiss(read_faiss(tmp_path / "old.faiss", mmap=False), 600, lambda: iter([x[257:]]), keep=256)
+    hnsw = build_faiss(16, 400, lambda: iter([x[:400]]), "HNSW8")
+    with pytest.raises(ValueError, match="cannot drop vectors"):
+        fill_faiss(hnsw, 600, lambda: iter([x[256:]]), keep=256)
 
 
 def _arrays(root: Path) -> dict[str, bytes]:

@@ -110,11 +110,15 @@ class BasisPin:
         widths: Per-group widths of the dimension budget, as an earlier fit allocated them (``None``:
             allocate from this build's factors). A checkpoint added later keeps the original layout.
         energy_kept: The earlier fit's energy shares for ``widths`` (recorded, not recomputed).
+        faiss: An index directory whose gradient FAISS *space* this build reuses: its coordinates per
+            checkpoint and its trained quantizer (``tracer add`` of documents pins the index being grown,
+            so its codes stay valid and only new rows are encoded). ``None``: fitted on this corpus.
     """
 
     fit_pool: int
     widths: dict[str, list[int]] | None = None
     energy_kept: dict[str, float] | None = None
+    faiss: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -562,10 +566,12 @@ def _manifest(ctx: _BuildContext, views: list[str], stages: dict[str, Any], timi
         # what the corpus statistics were fitted on; `tracer add` keeps the basis, updates or recomputes the rest
         "statistics": {"basis_fit_pool": ctx.basis.fit_pool if ctx.basis else len(ctx.docs),
                        "basis_widths_pinned": bool(ctx.basis and ctx.basis.widths is not None),
+                       "faiss_fit_rows": stages.get("gradient_faiss", {}).get("fit_rows"),
                        "policy": "K-FAC basis, prescale and budget widths from a fit sample of the first "
-                                 "basis_fit_pool documents; moments, gradient FAISS, influence, TRAK, embeddings "
-                                 "and BM25 over every document (tracer add completes the moments and TRAK Grams, "
-                                 "sums over rows, from the rows it adds: equal to a full pass up to float64 "
-                                 "summation order)"},
+                                 "basis_fit_pool documents; the gradient FAISS space (coordinates, trained "
+                                 "quantizer) from the first faiss_fit_rows documents; moments, influence, TRAK, "
+                                 "embeddings, BM25 and the FAISS codes over every document (tracer add completes "
+                                 "the moments and TRAK Grams, sums over rows, from the rows it adds: equal to a "
+                                 "full pass up to float64 summation order)"},
         "build_seconds": dict(timings),
     }

@@ -73,6 +73,33 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
     return index
 
 
+def fill_faiss(index: object, n: int, chunks: Callable[[], object], on_rows: Callable[[int], object] | None = None,
+               keep: int = 0) -> object:
+    """Reuse a trained FAISS ``index``: keep its first ``keep`` vectors, drop the rest, add ``chunks()``.
+
+    The trained state (quantizer ranges, centroids) is kept, so the result equals a fresh index of the same
+    training filled with the same rows. Raises ``ValueError`` when the index cannot drop vectors (HNSW)
+    or ends with other than ``n`` vectors.
+    """
+    faiss = _faiss()
+    if not 0 <= keep <= index.ntotal:  # type: ignore[attr-defined]
+        raise ValueError(f"cannot keep {keep} of the {index.ntotal} vectors of a FAISS index")  # type: ignore
+    try:
+        if keep == 0:
+            index.reset()  # type: ignore[attr-defined]
+        elif keep < index.ntotal:  # type: ignore[attr-defined]
+            index.remove_ids(faiss.IDSelectorRange(keep, index.ntotal))  # type: ignore[attr-defined]
+    except RuntimeError as exc:
+        raise ValueError(f"this FAISS index cannot drop vectors: {str(exc).strip().splitlines()[-1]}") from exc
+    for block in chunks():  # type: ignore[attr-defined]
+        index.add(np.ascontiguousarray(block, dtype=np.float32))  # type: ignore[attr-defined]
+        if on_rows is not None:
+            on_rows(len(block))  # type: ignore[arg-type]
+    if index.ntotal != n:  # type: ignore[attr-defined]
+        raise ValueError(f"FAISS index holds {index.ntotal} vectors, expected {n}")  # type: ignore[attr-defined]
+    return index
+
+
 def write_faiss(index: object, path: str | Path) -> None:
     _faiss().write_index(index, str(path))
 

@@ -23,15 +23,18 @@ Statistics policy (recorded in the manifest under ``statistics``):
 
 * **Kept from the original build** -- the feature *basis*: K-FAC eigenvectors and prescale, the
   per-layer widths of the dimension budget, and the fit sample (drawn from the first ``fit_pool``
-  documents, i.e. the original corpus). Changing them would change every stored row.
+  documents, i.e. the original corpus). Changing them would change every stored row. Adding
+  documents also keeps the gradient FAISS *space*: its coordinates per checkpoint (the top
+  ``lr * E[g^2]`` ones of the original corpus) and its trained quantizer (SQ8 ranges), so the old
+  rows' codes stay valid and only the new rows are encoded (``BasisPin.faiss``; the manifest
+  records ``statistics.faiss_fit_rows``). A new checkpoint widens the space, so it is refitted.
 * **Over the grown index** -- every statistic of the stored features. Sums over rows are *updated*
   from the new rows (``add_documents`` seeds the old ones in ``build_state/prefix/``): the moments
   ``E[g_i^2]`` (EK-FAC diagonal, TrackStar normaliser) and the TRAK Grams. The rest is recomputed
-  over every row: the gradient FAISS coordinates, quantizer and codes, the influence Fisher, and
-  BM25 over all texts.
+  over every row: the influence Fisher, and BM25 over all texts.
 
 So ``add`` equals a from-scratch ``build_index`` of the union with ``basis=BasisPin(fit_pool=...,
-widths=...)``: byte for byte in every file except the moments and TRAK Grams after adding
+widths=..., faiss=...)``: byte for byte in every file except the moments and TRAK Grams after adding
 documents, which agree to float64 summation order (``tests/test_add.py`` checks 1e-9 relative, and
 that everything computed from them is byte-identical).
 """
@@ -62,7 +65,7 @@ from tracer.index.build import (
     write_documents,
 )
 from tracer.index.manifest import read_manifest
-from tracer.index.stages import EMBED_BATCH, EMBEDDING_PREFIX, seed_row_prefix
+from tracer.index.stages import EMBED_BATCH, EMBEDDING_PREFIX, FAISS_PREFIX, seed_row_prefix
 from tracer.model.loading import Checkpoint, weights_fingerprint
 from tracer.types import Document
 
@@ -195,7 +198,9 @@ def add_documents(index: str | Path, docs: Sequence[Document], *, corpus_path: s
             raise DataError(f"{len(dup)} of the {len(docs)} documents to add are already in {root} "
                             f"(first: {dup[0]!r}); tracer add appends new ids only")
         union = _Union(old_docs, docs, fp.update(docs).digests())
-        basis = BasisPin(fit_pool=old.fit_pool)
+        # the gradient FAISS space (coordinates, quantizer) stays the one fitted before: old codes stay valid
+        faiss = str(root.resolve()) if "gradient_faiss" in old.manifest.get("stages", {}) else None
+        basis = BasisPin(fit_pool=old.fit_pool, faiss=faiss)
         part = _partial(root, union, old.checkpoints, old.cfg, basis)
         if part is not None:
             _seed_documents_add(old, part, union, basis)
@@ -302,6 +307,8 @@ def _seed_documents_add(old: _Old, part: Path, union: Sequence[Document], basis:
                 _extend_rows(old.root / rel, part / rel, len(union))
             for s in range(full_shards):
                 _mark(part, f"grad-ckpt{ci}-shard{s}.done")
+        # the FAISS vectors of the rows whose features are kept stay; the stage encodes the rest
+        (part / F.BUILD_STATE / FAISS_PREFIX).write_text(json.dumps({"rows": full_shards * old.cfg.shard_size}))
         # sums over rows (moments, TRAK Grams) of the rows kept, completed from the new rows by the stages
         m = seed_row_prefix(old.root, part, full_shards * old.cfg.shard_size, old.cfg, len(old.checkpoints),
                             grads["views"], grads["layout"])

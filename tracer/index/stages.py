@@ -38,7 +38,7 @@ import torch
 from tracer.featurize.views import RAW
 from tracer.featurize.sketch import influence_sketch, trak_sketch
 from tracer.index import files as F
-from tracer.index.dense import build_faiss, write_faiss
+from tracer.index.dense import build_faiss, fill_faiss, write_faiss
 from tracer.index.quant import release_pages
 
 CHUNK = 2048  # rows per streamed block
@@ -185,19 +185,44 @@ def tracin_rows(mats: list[Any], lrs: list[float], lo: int, hi: int,
     return np.concatenate(parts, axis=1)
 
 
+FAISS_PREFIX = "faiss-prefix.json"  # in build_state/: {"rows": m}, the pinned index's vectors `tracer add` keeps
+
+
 def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
+    """FAISS over the TracIn concatenation's top coordinates: fitted here (coordinates from the moments, the
+    quantizer trained on a sample), or, with a pinned space (``BasisPin.faiss``: ``tracer add``), the pinned
+    index's coordinates and trained quantizer reused and only the rows it lacks encoded."""
     n_ck = len(ctx.checkpoints)
     mats = [_features(ctx, RAW, ci) for ci in range(n_ck)]
     lrs = [c.lr for c in ctx.checkpoints]
-    moments = [np.load(ctx.root / F.moment_file(RAW, ci)) for ci in range(n_ck)]
-    coords = faiss_coords(moments, lrs, ctx.cfg.faiss_dim)
+    n = len(ctx.docs)
+    pin = ctx.basis.faiss if ctx.basis is not None else None
+    if pin is not None:
+        pinned = _pinned_faiss(ctx, pin)
+        coords = pinned[0]
+    else:
+        moments = [np.load(ctx.root / F.moment_file(RAW, ci)) for ci in range(n_ck)]
+        coords = faiss_coords(moments, lrs, ctx.cfg.faiss_dim)
     np.save(ctx.root / F.GRADIENT_COORDS, coords)
-    n, dim = len(ctx.docs), coords.size
+    dim = coords.size
 
-    def chunks() -> Iterator[np.ndarray]:
-        for lo in range(0, n, CHUNK):
+    def chunks(start: int = 0) -> Iterator[np.ndarray]:
+        for lo in range(start, n, CHUNK):
             yield tracin_rows(mats, lrs, lo, min(n, lo + CHUNK), coords)
             release_pages(*mats)
+
+    info = {"dim": dim, "factory": ctx.cfg.faiss_factory, "coords_per_checkpoint": int(coords.shape[1]),
+            "space": "tracin: [sqrt(lr_c) * raw_c[coords_c]], coords = top lr * E[g^2] per checkpoint"}
+    if pin is not None:
+        _, index, keep, fit_rows = pinned
+        with _bar(ctx, n, "gradient FAISS") as bar:
+            bar.update(keep)
+            try:
+                index = fill_faiss(index, n, lambda: chunks(keep), bar.update, keep)
+            except ValueError:  # an index that cannot drop vectors (HNSW): encode every row in the pinned space
+                index = fill_faiss(_pinned_faiss(ctx, pin)[1], n, chunks, None, 0)
+        write_faiss(index, ctx.root / F.GRADIENT_FAISS)
+        return dict(info, fit_rows=fit_rows, pinned=True, kept_rows=keep)
 
     def sample() -> np.ndarray:
         """The training sample in the FAISS space, gathered ``CHUNK`` rows at a time: dequantizing all
@@ -216,8 +241,35 @@ def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
     with _bar(ctx, n, "gradient FAISS") as bar:
         index = build_faiss(dim, n, chunks, ctx.cfg.faiss_factory, sample, on_rows=bar.update)
     write_faiss(index, ctx.root / F.GRADIENT_FAISS)
-    return {"dim": dim, "factory": ctx.cfg.faiss_factory, "coords_per_checkpoint": int(coords.shape[1]),
-            "space": "tracin: [sqrt(lr_c) * raw_c[coords_c]], coords = top lr * E[g^2] per checkpoint"}
+    return dict(info, fit_rows=n, pinned=False)
+
+
+def _pinned_faiss(ctx: Any, pin: str) -> tuple[np.ndarray, Any, int, int]:
+    """``(coords, index, keep, fit_rows)`` of a pinned FAISS space: the pinned index's coordinates and its
+    FAISS index (read whole, to be refilled), the vectors to keep (seeded by ``tracer add``: rows whose
+    features it kept; 0 otherwise), and how many documents the space was fitted on."""
+    import json
+    from pathlib import Path
+
+    from tracer.index.dense import read_faiss
+
+    root = Path(pin)
+    manifest = json.loads((root / F.MANIFEST).read_text())
+    cfg, n_ck = manifest["config"], len(ctx.checkpoints)
+    coords = np.load(root / F.GRADIENT_COORDS)
+    if (cfg["faiss_factory"], cfg["faiss_dim"]) != (ctx.cfg.faiss_factory, ctx.cfg.faiss_dim) or len(coords) != n_ck:
+        raise ValueError(f"the pinned FAISS space of {root} ({cfg['faiss_factory']}, {cfg['faiss_dim']} coordinates "
+                         f"x {len(coords)} checkpoints) does not fit this build ({ctx.cfg.faiss_factory}, "
+                         f"{ctx.cfg.faiss_dim} x {n_ck})")
+    index = read_faiss(root / F.GRADIENT_FAISS, mmap=False)
+    if index.d != coords.size:  # type: ignore[attr-defined]
+        raise ValueError(f"{root / F.GRADIENT_FAISS} holds {index.d}-wide vectors, its coordinates "  # type: ignore
+                         f"{coords.size}: the index is damaged; rebuild it")
+    marker = ctx.root / F.BUILD_STATE / FAISS_PREFIX
+    keep = int(json.loads(marker.read_text())["rows"]) if marker.is_file() else 0
+    stats = manifest.get("statistics", {})
+    fit_rows = int(stats.get("faiss_fit_rows") or manifest["corpus"]["n_documents"])
+    return coords, index, keep, fit_rows
 
 
 def block_fisher(mat: Any, layout: list[dict[str, Any]], sketches: list[np.ndarray | None],
