@@ -61,6 +61,28 @@ def test_approximate_faiss_recall_against_flat():
     assert recall >= 0.9, recall  # stated floor: recall@10 >= 0.9 at nprobe=8 of 32 lists
 
 
+@pytest.mark.parametrize("factory", ["Flat", "SQ8", "IVF8,SQ8"])
+def test_build_faiss_writes_what_faiss_add_writes(tmp_path, factory):
+    """``build_faiss`` sizes a flat-codes index's buffer once and encodes blocks in place: the file is the one
+    FAISS's own ``train`` + ``add`` writes."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    ours = build_faiss(16, 500, lambda: iter([x[:123], x[123:400], x[400:]]), factory, train_sample=lambda: x)
+    ref = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    if not ref.is_trained:
+        ref.train(x)
+    ref.add(x)
+    write_faiss(ours, tmp_path / "ours.faiss")
+    write_faiss(ref, tmp_path / "ref.faiss")
+    assert (tmp_path / "ours.faiss").read_bytes() == (tmp_path / "ref.faiss").read_bytes()
+    with pytest.raises(ValueError, match="holds 400 vectors, expected 500"):
+        build_faiss(16, 500, lambda: iter([x[:400]]), factory, train_sample=lambda: x)
+    with pytest.raises(ValueError, match="vectors"):
+        build_faiss(16, 300, lambda: iter([x[:400]]), factory, train_sample=lambda: x)
+
+
 @pytest.mark.parametrize("factory", ["SQ8", "IVF8,SQ8"])
 def test_refilling_a_trained_faiss_index_equals_a_fresh_one_of_the_same_training(tmp_path, factory):
     """``fill_faiss`` (``tracer add``'s pinned FAISS space): keep a prefix of a trained index's vectors, add the

@@ -64,13 +64,41 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
         except RuntimeError as exc:
             raise ValueError(f"training FAISS index {factory!r} failed (too few vectors?): {exc}") from exc
         log.info("trained FAISS %s in %.1fs", factory, time.perf_counter() - t0)
+    _add_rows(index, n, chunks, on_rows)
+    return index
+
+
+def _add_rows(index: object, n: int, chunks: Callable[[], object],
+              on_rows: Callable[[int], object] | None) -> None:
+    """Add ``chunks()`` to ``index`` until it holds ``n`` vectors.
+
+    A flat-codes index (``Flat``, ``SQ8``, ``PQ``: one code per row, in row order) gets its code buffer sized
+    once and each block's codes written in place (``sa_encode``, which is what ``add`` stores): growing it
+    block by block reallocates, and peaks at about three times the codes. Other indexes use ``add``.
+    """
+    faiss = _faiss()
+    flat = isinstance(index, faiss.IndexFlatCodes)
+    if flat:
+        cs, start = index.code_size, index.ntotal  # type: ignore[attr-defined]
+        index.codes.resize(max(n, start) * cs)  # type: ignore[attr-defined]
+        codes = faiss.rev_swig_ptr(index.codes.data(), max(n, start) * cs)  # type: ignore[attr-defined]
+        at = start
     for block in chunks():  # type: ignore[attr-defined]
-        index.add(np.ascontiguousarray(block, dtype=np.float32))
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if flat:
+            if at + len(block) > n:
+                raise ValueError(f"FAISS index would hold over {n} vectors")
+            codes[at * cs:(at + len(block)) * cs] = index.sa_encode(block).ravel()  # type: ignore[attr-defined]
+            at += len(block)
+            index.ntotal = at  # type: ignore[attr-defined]
+        else:
+            index.add(block)  # type: ignore[attr-defined]
         if on_rows is not None:
             on_rows(len(block))  # type: ignore[arg-type]
-    if index.ntotal != n:
-        raise ValueError(f"FAISS index holds {index.ntotal} vectors, expected {n}")
-    return index
+    if index.ntotal != n:  # type: ignore[attr-defined]
+        if flat:
+            index.codes.resize(at * cs)  # type: ignore[attr-defined]
+        raise ValueError(f"FAISS index holds {index.ntotal} vectors, expected {n}")  # type: ignore[attr-defined]
 
 
 def fill_faiss(index: object, n: int, chunks: Callable[[], object], on_rows: Callable[[int], object] | None = None,
@@ -91,12 +119,7 @@ def fill_faiss(index: object, n: int, chunks: Callable[[], object], on_rows: Cal
             index.remove_ids(faiss.IDSelectorRange(keep, index.ntotal))  # type: ignore[attr-defined]
     except RuntimeError as exc:
         raise ValueError(f"this FAISS index cannot drop vectors: {str(exc).strip().splitlines()[-1]}") from exc
-    for block in chunks():  # type: ignore[attr-defined]
-        index.add(np.ascontiguousarray(block, dtype=np.float32))  # type: ignore[attr-defined]
-        if on_rows is not None:
-            on_rows(len(block))  # type: ignore[arg-type]
-    if index.ntotal != n:  # type: ignore[attr-defined]
-        raise ValueError(f"FAISS index holds {index.ntotal} vectors, expected {n}")  # type: ignore[attr-defined]
+    _add_rows(index, n, chunks, on_rows)
     return index
 
 
