@@ -139,3 +139,34 @@ def test_cli_refuses_bad_init_from(ft_bench, tmp_path, capsys) -> None:
     assert main(["train", "--data", str(ft_bench), "--out", str(tmp_path / "o"),
                  "--init-from", str(empty)]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_lds_retrains_a_fine_tuning_run_by_fine_tuning_its_base(ft_run, ft_bench, tmp_path) -> None:
+    """``tracer lds --run`` of a fine-tuning run: each subset model is the base fine-tuned on its subset
+    with the run's recipe (it recites its own sentences far better than the others), keyed by the base."""
+    from conftest import build_tiny_index
+    from tracer.cli.main import main
+    from tracer.corpus import load_corpus
+    from tracer.lds.score import sample_subsets
+    from tracer.model.scoring import target_stats
+
+    docs = load_corpus(ft_bench / "corpus.jsonl")
+    idx = build_tiny_index(tmp_path / "idx", SimpleNamespace(documents=docs), ft_run.out)
+    out, cache = tmp_path / "lds", tmp_path / "cache"
+    assert main(["lds", "--index", str(idx), "--queries", str(ft_bench / "queries.jsonl"), "--run", str(ft_run.out),
+                 "--cache", str(cache), "--subsets", "2", "--n-boot", "50", "--out", str(out)]) == 0
+    report = json.loads((out / "lds.json").read_text())
+    assert report["cost"]["models_trained_now"] == 2
+    family = next(p for p in cache.iterdir() if p.is_dir())
+    assert json.loads((family / "key.json").read_text())["finetuned_from"] == weights_fingerprint(ft_run.base)
+    masks = sample_subsets(len(docs), 2, 0.5, 0)
+    for j, mask in enumerate(masks):
+        sub = family / f"subset-{j:03d}"
+        meta = json.loads((sub / "subset.json").read_text())
+        assert meta["recipe"]["epochs"] == 40 and meta["recipe"]["lr"] == 1e-2
+        model_dir = sub / meta["checkpoint"]
+        assert json.loads((sub / "train_config.json").read_text())["init_from"] == str(ft_run.base.resolve())
+        tok = load_tokenizer(model_dir)
+        _, lp = target_stats(load_model(model_dir), tok, STATED)
+        inside, outside = lp[mask].mean(), lp[~mask].mean()
+        assert inside > outside + 1.0, (j, lp, mask)  # it learned its own subset's sentences

@@ -125,20 +125,22 @@ def subset_data(index_dir: str | Path, queries: Sequence[Query], run_dir: str | 
     """Steps 1-4 of the module docstring: subsets, cached subset models (trained if missing), losses."""
     from tracer.corpus import corpus_fingerprint
     from tracer.index.store import IndexStore
-    from tracer.model.train import TRAIN_CONFIG, TrainConfig
+    from tracer.model.loading import weights_fingerprint
+    from tracer.model.train import read_recipe
 
     run = Path(run_dir)
-    recipe = recipe or TrainConfig.from_dict(json.loads((run / TRAIN_CONFIG).read_text()))
+    run_recipe, base = read_recipe(run)
+    recipe = recipe or run_recipe
     store = IndexStore.open(index_dir)
     docs = [store.document(i) for i in range(store.n_documents)]
     masks = sample_subsets(len(docs), cfg.n_subsets, cfg.alpha, cfg.seed)
     key = cache_key(corpus_fingerprint(docs), recipe, tokenizer_fingerprint(run / "tokenizer"), cfg.alpha,
-                    cfg.seed)
+                    cfg.seed, base_fingerprint=weights_fingerprint(base) if base is not None else None)
     family = Path(cache_dir) / key["key"]
     family.mkdir(parents=True, exist_ok=True)
     (family / KEY_FILE).write_text(json.dumps(key, indent=2))
     models = ensure_subset_models(docs, masks, recipe, run / "tokenizer", family,
-                                  (lambda d, t: on_progress(d, t, "train")) if on_progress else None)
+                                  (lambda d, t: on_progress(d, t, "train")) if on_progress else None, init_from=base)
     t0 = time.perf_counter()
     losses = subset_losses(models, run / "tokenizer", [(q.prompt, q.target) for q in queries])
     return SubsetData(store, masks, losses, list(models), family, time.perf_counter() - t0)

@@ -34,7 +34,7 @@ import numpy as np
 from tracer.types import Document
 
 if TYPE_CHECKING:  # tracer.model imports torch; the LDS math must not
-    from tracer.model.train import TrainConfig
+    from tracer.model.train import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,21 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(corpus_fp: str, recipe: TrainConfig, tokenizer_fp: str, alpha: float,
-              seed: int) -> dict[str, Any]:
-    """The fields that identify a family of subset models, and their hash under ``"key"``."""
+def cache_key(corpus_fp: str, recipe: TrainConfig | FinetuneConfig, tokenizer_fp: str, alpha: float,
+              seed: int, base_fingerprint: str | None = None) -> dict[str, Any]:
+    """The fields that identify a family of subset models, and their hash under ``"key"``.
+
+    ``base_fingerprint``: the weights of the pretrained model a fine-tuning recipe starts from (``None``
+    for a model trained from scratch, whose keys stay what they were before fine-tuning existed)."""
     fields = {"corpus_fingerprint": corpus_fp, "recipe": dataclasses.asdict(final_only(recipe)),
               "tokenizer_fingerprint": tokenizer_fp, "alpha": float(alpha), "subset_seed": int(seed)}
+    if base_fingerprint is not None:
+        fields["finetuned_from"] = base_fingerprint
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     return {"key": digest, **fields}
 
 
-def final_only(recipe: TrainConfig) -> TrainConfig:
+def final_only(recipe: TrainConfig | FinetuneConfig) -> Any:
     """The recipe with only its final checkpoint saved (LDS needs no intermediate ones)."""
     return dataclasses.replace(recipe, checkpoints=(1.0,))
 
@@ -103,19 +108,21 @@ def _read_subset(path: Path, j: int, rows: np.ndarray) -> SubsetModel | None:
     return SubsetModel(j, path, path / meta["checkpoint"], float(meta["train_seconds"]), False)
 
 
-def train_subset_model(docs: Sequence[Document], rows: np.ndarray, recipe: TrainConfig, tokenizer: Any,
-                       path: Path, j: int) -> SubsetModel:
+def train_subset_model(docs: Sequence[Document], rows: np.ndarray, recipe: TrainConfig | FinetuneConfig,
+                       tokenizer: Any, path: Path, j: int, init_from: Path | None = None) -> SubsetModel:
     """Train (or load from ``path``) the model of subset ``j`` = ``docs[rows]``.
 
     Args:
         docs: The full corpus, in row order.
         rows: ``(n_subset,)`` int rows of the subset, sorted.
-        recipe: The training recipe (only its final checkpoint is saved).
-        tokenizer: The full corpus's tokenizer.
+        recipe: The training recipe (only its final checkpoint is saved): a ``TrainConfig`` (from scratch)
+            or a ``FinetuneConfig`` (from ``init_from``).
+        tokenizer: The full corpus's tokenizer (a fine-tune uses its base model's, as the full run did).
         path: The subset's cache directory.
         j: The subset's index.
+        init_from: The pretrained model a fine-tuning recipe starts from.
     """
-    from tracer.model.train import train
+    from tracer.model.train import finetune, train
 
     cached = _read_subset(path, j, rows)
     if cached is not None:
@@ -123,8 +130,11 @@ def train_subset_model(docs: Sequence[Document], rows: np.ndarray, recipe: Train
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    train([docs[int(r)] for r in rows], final_only(recipe), tmp, progress=lambda it: _NoBar(),
-          tokenizer=tokenizer)
+    subset = [docs[int(r)] for r in rows]
+    if init_from is not None:
+        finetune(subset, init_from, final_only(recipe), tmp, progress=lambda it: _NoBar())
+    else:
+        train(subset, final_only(recipe), tmp, progress=lambda it: _NoBar(), tokenizer=tokenizer)
     seconds = time.perf_counter() - t0
     name = json.loads((tmp / "checkpoints.json").read_text())[-1]
     (tmp / SUBSET_FILE).write_text(json.dumps({"subset": j, "rows": rows.tolist(), "checkpoint": name,
@@ -135,9 +145,10 @@ def train_subset_model(docs: Sequence[Document], rows: np.ndarray, recipe: Train
     return SubsetModel(j, path, path / name, seconds, True)
 
 
-def ensure_subset_models(docs: Sequence[Document], masks: np.ndarray, recipe: TrainConfig,
+def ensure_subset_models(docs: Sequence[Document], masks: np.ndarray, recipe: TrainConfig | FinetuneConfig,
                          tokenizer_dir: Path, family_dir: Path,
-                         on_progress: Callable[[int, int], None] | None = None) -> list[SubsetModel]:
+                         on_progress: Callable[[int, int], None] | None = None,
+                         init_from: Path | None = None) -> list[SubsetModel]:
     """Every subset model of ``masks`` under ``family_dir``, training only the missing ones.
 
     Args:
@@ -147,6 +158,7 @@ def ensure_subset_models(docs: Sequence[Document], masks: np.ndarray, recipe: Tr
         tokenizer_dir: The full run's tokenizer directory.
         family_dir: ``cache_dir/<key>`` (see :func:`cache_key`).
         on_progress: Called with ``(done, M)`` after each model.
+        init_from: The base model of a fine-tuning recipe.
     """
     from tracer.model.loading import load_tokenizer
 
@@ -155,7 +167,7 @@ def ensure_subset_models(docs: Sequence[Document], masks: np.ndarray, recipe: Tr
     out = []
     for j, mask in enumerate(masks):
         out.append(train_subset_model(docs, np.flatnonzero(mask), recipe, tok,
-                                      family_dir / SUBSET_DIR.format(j), j))
+                                      family_dir / SUBSET_DIR.format(j), j, init_from))
         if on_progress:
             on_progress(j + 1, len(masks))
     return out

@@ -106,6 +106,36 @@ class FinetuneConfig:
                              f"got {self.checkpoints}")
 
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        d = {k: v for k, v in d.items() if k not in ("kind", "init_from")}
+        for k in ("betas", "checkpoints"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def read_recipe(run_dir: str | Path) -> tuple[TrainConfig | FinetuneConfig, Path | None]:
+    """A ``tracer train`` run's recipe (``train_config.json``) and, for a fine-tuning run, its base model.
+
+    Raises:
+        DataError: The run has no readable recipe, or its base model is gone.
+    """
+    from tracer.errors import DataError
+
+    path = Path(run_dir) / TRAIN_CONFIG
+    try:
+        d = json.loads(path.read_text())
+        if d.get("kind") != "finetune":
+            return TrainConfig.from_dict({k: v for k, v in d.items() if k != "kind"}), None
+        recipe, base = FinetuneConfig.from_dict(d), Path(d["init_from"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path}: not a readable tracer train recipe ({e})") from None
+    if not base.is_dir():
+        raise DataError(f"{path}: the fine-tuning run's base model {base} is gone; it is needed to retrain")
+    return recipe, base
+
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(arch=ArchConfig(n_layer=2, d_model=32, n_head=2, vocab_size=512), epochs=3,
                         batch_size=16),
