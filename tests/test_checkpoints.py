@@ -93,3 +93,21 @@ def test_adam_view_from_trainer_checkpoint(hf_trainer_run, tiny_bench):
     fz = CheckpointFeaturizer(cks[-1], tok, cfg, views=[RAW, ADAM])
     feats, _ = fz.featurize(encode_documents(tok, tiny_bench.documents[:6], 32))
     assert feats[ADAM].shape == feats[RAW].shape and bool((feats[ADAM] != feats[RAW]).any())
+
+
+def test_loading_a_model_prints_no_third_party_bar_and_leaves_the_setting(tiny_run, capfd):
+    """``load_model`` (every ``Tracer.open``) hides transformers' per-load "Loading weights" bar, and
+    leaves the caller's progress-bar setting as it found it."""
+    from transformers.utils import logging as hf_logging
+
+    from tracer.model.loading import load_checkpoints, load_model
+
+    path = load_checkpoints(tiny_run)[-1].path
+    hf_logging.enable_progress_bar()
+    load_model(path)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    load_model(path)
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()

@@ -58,12 +58,19 @@ def load_model(path: str | Path, dtype: Any = None, attn_implementation: str | N
     import torch
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
     p = _require_local_dir(path, "model")
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its per-load "Loading weights" bar is noise in a library call
     try:
         kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype or torch.float32, **kw)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot load a causal LM from {p}: {exc}") from exc
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     model.eval()
     return model
 
