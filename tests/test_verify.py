@@ -62,3 +62,29 @@ def test_verify_bad_input(tiny_index, tiny_bench):
 
         with pytest.raises(DeadlineExceededError):
             t.verify(q.prompt, q.target, [d], deadline=time.monotonic() - 1)
+
+
+def test_tail_patch_chunking_is_sized_to_the_model_and_changes_no_delta(tiny_index, tiny_bench):
+    """One example at a time gives the deltas of eight at once; the default chunk shrinks with the model's
+    bytes (8 for the tiny model, 1 when three parameter copies exceed the budget)."""
+    from tracer import Tracer
+    from tracer.causal import step_chunk, tail_patch_deltas
+    from tracer.featurize.checkpoint import encode_documents
+    from tracer.model.loading import load_model
+    from tracer.model.tokenization import encode_example
+
+    q = tiny_bench.queries[1]
+    with Tracer.open(tiny_index) as t:
+        enc = t.retriever.encoder
+        model = load_model(enc.dirs[0], attn_implementation="eager")
+        docs = list(tiny_bench.documents[:10])
+        query = encode_example(enc.tokenizer, q.prompt, q.target, 128)
+        examples = encode_documents(enc.tokenizer, docs, 128)
+        one = tail_patch_deltas(model, enc.tokenizer, query, examples, 1e-2, chunk=1)
+        eight = tail_patch_deltas(model, enc.tokenizer, query, examples, 1e-2, chunk=8)
+    np.testing.assert_allclose(one, eight, rtol=1e-5, atol=1e-7)
+    assert np.abs(one).max() > 0
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert step_chunk(model) == 8
+    assert step_chunk(model, budget=3 * weights * 2) == 2
+    assert step_chunk(model, budget=weights) == 1

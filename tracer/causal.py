@@ -19,8 +19,20 @@ import torch
 from tracer.model.tokenization import Encoded, example_losses, pad_batch
 
 
+STEP_MEMORY = 2 << 30  # bytes the vectorised steps of one chunk may hold (grads and stepped copies)
+MAX_CHUNK = 8
+
+
+def step_chunk(model: Any, budget: int = STEP_MEMORY) -> int:
+    """Examples stepped at once: each holds about three parameter-sized tensors (its gradient, its stepped
+    copy, and vmap's working set), so 8 for small models and 1 for a 135M-parameter one (540 MB of
+    float32 weights); 8 at once there took over 20 GB."""
+    per = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(1, min(MAX_CHUNK, budget // max(per, 1)))
+
+
 def tail_patch_deltas(model: Any, tokenizer: Any, query: Encoded, examples: Sequence[Encoded],
-                      lr: float, chunk: int = 8) -> np.ndarray:
+                      lr: float, chunk: int | None = None) -> np.ndarray:
     """Change in the query target's log-probability after one SGD step on each example.
 
     Args:
@@ -29,7 +41,8 @@ def tail_patch_deltas(model: Any, tokenizer: Any, query: Encoded, examples: Sequ
         query: The encoded query (prompt masked).
         examples: Encoded training examples.
         lr: SGD step size.
-        chunk: Examples stepped at once (memory: one parameter copy each).
+        chunk: Examples stepped at once (memory: a few parameter copies each); default
+            :func:`step_chunk`, sized to the model.
 
     Returns:
         ``(len(examples),)`` float64 deltas (positive = the step supports the fact).
@@ -51,6 +64,7 @@ def tail_patch_deltas(model: Any, tokenizer: Any, query: Encoded, examples: Sequ
 
     with torch.no_grad():
         base = float(query_logprob(params))
+    chunk = chunk or step_chunk(model)
     out = []
     for s in range(0, len(examples), chunk):
         b = pad_batch(list(examples[s:s + chunk]), pad)

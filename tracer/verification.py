@@ -22,7 +22,7 @@ from tracer.errors import InvalidRequestError, LimitExceededError
 DEFAULT_LR = 1e-2  # the eval's tail-patch step (EvalConfig.tail_patch_lr)
 DEFAULT_CHECKPOINT = 0  # the eval's tail-patch checkpoint: the first, where facts are not yet learned
 MAX_EXAMPLES = 32  # examples (asked + random) per call
-CHUNK = 8  # examples stepped at once (one parameter copy each)
+CHUNK = 8  # examples per deadline check (stepped at once up to tracer.causal.step_chunk's memory bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ class Verifier:
                     stop(f"verify chunk {s // CHUNK}")
                 c0 = time.perf_counter()
                 part = examples[s:s + CHUNK]
-                deltas.extend(tail_patch_deltas(model, tok, query, part, float(lr), chunk=CHUNK).tolist())
+                deltas.extend(tail_patch_deltas(model, tok, query, part, float(lr)).tolist())
                 ms.extend([(time.perf_counter() - c0) * 1e3 / len(part)] * len(part))
         step_ms = (time.perf_counter() - t1) * 1e3
         verdicts = [Verdict(store.doc_ids[r], float(d), float(m), i >= len(ids))
