@@ -32,6 +32,8 @@ def main() -> int:
     from tracer.corpus import load_queries
 
     queries = load_queries(args.queries)[:args.n]
+    if not queries:
+        raise SystemExit(f"no queries in {args.queries}")
     tops: list[list[list[str]]] = []
     out = {}
     for path in args.index:
@@ -51,7 +53,7 @@ def main() -> int:
             print(f"{path}: recall@{args.k} of the exact top-{args.k} from FAISS@{args.num_candidates}: "
                   f"{np.mean(recalls):.3f} (min {np.min(recalls):.2f}) over {len(queries)} queries")
     if len(tops) > 1:
-        overlap = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(tops[0], tops[1])])
+        overlap = np.mean([len(set(a) & set(b)) / max(len(a), len(b), 1) for a, b in zip(tops[0], tops[1])])
         out["overlap_first_two"] = float(overlap)
         print(f"top-{args.k} overlap of the first two indexes' FAISS paths: {overlap:.3f}")
     print(json.dumps(out))

@@ -115,6 +115,48 @@ def test_add_documents_equals_a_scratch_build_of_the_union(built, tmp_path, tiny
     assert not idx.with_name("idx.partial").exists()
 
 
+def _code_array(index) -> np.ndarray:
+    import faiss
+
+    return faiss.rev_swig_ptr(index.codes.data(), index.ntotal * index.code_size).copy()
+
+
+def test_two_adds_equal_one_scratch_build_and_keep_the_old_codes(built, tmp_path, tiny_bench, tiny_run):
+    """Grow twice (the second add pins the grown index's space, still the original's): the same files as one
+    scratch build of the union pinned to the original; the codes of the kept rows are the old bytes."""
+    from tracer.index.dense import read_faiss
+
+    idx = _copy(built, tmp_path)
+    old_codes = _code_array(read_faiss(idx / "gradient.faiss", mmap=False))
+    add_documents(idx, tiny_bench.documents[N_OLD:180], progress=False)
+    m = add_documents(idx, tiny_bench.documents[180:], progress=False)
+    assert m["statistics"]["faiss_fit_rows"] == N_OLD and m["stages"]["gradient_faiss"]["kept_rows"] == 128
+    new_codes = _code_array(read_faiss(idx / "gradient.faiss", mmap=False))
+    cs = len(old_codes) // N_OLD
+    assert len(new_codes) == cs * len(tiny_bench.documents)
+    assert new_codes[:128 * cs].tobytes() == old_codes[:128 * cs].tobytes()  # never re-encoded
+    ref = build_index(tiny_bench.documents, load_checkpoints(tiny_run)[:2], tmp_path / "ref", _cfg(), progress=False,
+                      basis=BasisPin(fit_pool=N_OLD, faiss=str(built / "old")))
+    assert ref["statistics"]["faiss_fit_rows"] == N_OLD
+    _assert_same_but_summation_order(idx, tmp_path / "ref")
+
+
+def test_an_index_that_cannot_keep_a_prefix_is_refilled_in_the_pinned_space(tmp_path, tiny_bench, tiny_run):
+    """HNSW cannot drop the re-featurized rows, so the add re-encodes every row into the original space:
+    still equal to the pinned scratch build."""
+    import dataclasses
+
+    cfg = dataclasses.replace(_cfg(), faiss_factory="HNSW8")
+    cks = load_checkpoints(tiny_run)[:2]
+    build_index(tiny_bench.documents[:N_OLD], cks, tmp_path / "old", cfg, progress=False)
+    shutil.copytree(tmp_path / "old", tmp_path / "idx")
+    m = add_documents(tmp_path / "idx", tiny_bench.documents[N_OLD:], progress=False)
+    assert m["stages"]["gradient_faiss"]["pinned"] and m["stages"]["gradient_faiss"]["kept_rows"] == 0
+    build_index(tiny_bench.documents, cks, tmp_path / "ref", cfg, progress=False,
+                basis=BasisPin(fit_pool=N_OLD, faiss=str(tmp_path / "old")))
+    _assert_same_but_summation_order(tmp_path / "idx", tmp_path / "ref")
+
+
 def test_adding_changes_what_it_should(built, tmp_path, tiny_bench):
     """The check above can fail: a plain build of the union (fit sample from all 214) differs in its basis."""
     idx = _copy(built, tmp_path)

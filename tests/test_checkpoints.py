@@ -97,17 +97,20 @@ def test_adam_view_from_trainer_checkpoint(hf_trainer_run, tiny_bench):
 
 def test_loading_a_model_prints_no_third_party_bar_and_leaves_the_setting(tiny_run, capfd):
     """``load_model`` (every ``Tracer.open``) hides transformers' per-load "Loading weights" bar, and
-    leaves the caller's progress-bar setting as it found it."""
+    leaves the caller's progress-bar settings (transformers' and huggingface_hub's) as it found them."""
+    from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as hf_logging
 
     from tracer.model.loading import load_checkpoints, load_model
 
     path = load_checkpoints(tiny_run)[-1].path
-    hf_logging.enable_progress_bar()
-    load_model(path)
-    assert "Loading weights" not in capfd.readouterr().err
-    assert hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    load_model(path)
-    assert not hf_logging.is_progress_bar_enabled()
-    hf_logging.enable_progress_bar()
+    was = hf_logging.is_progress_bar_enabled()
+    try:
+        for enabled in (True, False):
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            hub = are_progress_bars_disabled()
+            load_model(path)
+            assert "Loading weights" not in capfd.readouterr().err
+            assert hf_logging.is_progress_bar_enabled() == enabled and are_progress_bars_disabled() == hub
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

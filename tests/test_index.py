@@ -16,7 +16,7 @@ import pytest
 from conftest import build_tiny_index
 from tracer.errors import IndexCorruptError, IndexMismatchError, NotFoundError
 from tracer.index import IndexStore
-from tracer.index.dense import build_faiss, fill_faiss, read_faiss, search, write_faiss
+from tracer.index.dense import CannotKeepError, build_faiss, fill_faiss, keeps_prefix, read_faiss, search, write_faiss
 from tracer.index.stages import tracin_rows
 
 
@@ -61,7 +61,7 @@ def test_approximate_faiss_recall_against_flat():
     assert recall >= 0.9, recall  # stated floor: recall@10 >= 0.9 at nprobe=8 of 32 lists
 
 
-@pytest.mark.parametrize("factory", ["Flat", "SQ8", "IVF8,SQ8"])
+@pytest.mark.parametrize("factory", ["Flat", "SQ8", "PQ4", "IVF8,SQ8", "FlatIPPanorama4"])
 def test_build_faiss_writes_what_faiss_add_writes(tmp_path, factory):
     """``build_faiss`` sizes a flat-codes index's buffer once and encodes blocks in place: the file is the one
     FAISS's own ``train`` + ``add`` writes."""
@@ -81,6 +81,24 @@ def test_build_faiss_writes_what_faiss_add_writes(tmp_path, factory):
         build_faiss(16, 500, lambda: iter([x[:400]]), factory, train_sample=lambda: x)
     with pytest.raises(ValueError, match="vectors"):
         build_faiss(16, 300, lambda: iter([x[:400]]), factory, train_sample=lambda: x)
+    assert np.array_equal(search(ours, x[:3], 5)[1], search(ref, x[:3], 5)[1])  # and it searches (Panorama did not)
+
+
+def test_a_failed_fill_leaves_a_consistent_index():
+    """A block source that fails midway: the in-place code buffer is cut back to the rows written."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+
+    def failing():
+        yield x[:100]
+        raise RuntimeError("the source broke")
+
+    index = build_faiss(16, 100, lambda: iter([x[:100]]), "SQ8", train_sample=lambda: x)
+    with pytest.raises(RuntimeError, match="the source broke"):
+        fill_faiss(index, 300, failing)
+    assert index.ntotal == 100 and index.codes.size() == 100 * index.code_size
+    assert np.array_equal(search(index, x[:3], 5)[1], search(build_faiss(16, 100, lambda: iter([x[:100]]), "SQ8",
+                                                                          train_sample=lambda: x), x[:3], 5)[1])
 
 
 @pytest.mark.parametrize("factory", ["SQ8", "IVF8,SQ8"])
@@ -100,8 +118,11 @@ def test_refilling_a_trained_faiss_index_equals_a_fresh_one_of_the_same_training
     with pytest.raises(ValueError, match="holds 599 vectors, expected 600"):
         fill_faiss(read_faiss(tmp_path / "old.faiss", mmap=False), 600, lambda: iter([x[257:]]), keep=256)
     hnsw = build_faiss(16, 400, lambda: iter([x[:400]]), "HNSW8")
-    with pytest.raises(ValueError, match="cannot drop vectors"):
+    assert not keeps_prefix(hnsw) and keeps_prefix(first)
+    with pytest.raises(CannotKeepError, match="cannot keep a prefix"):
         fill_faiss(hnsw, 600, lambda: iter([x[256:]]), keep=256)
+    with pytest.raises(ValueError, match="cannot keep 401 of the 400"):
+        fill_faiss(read_faiss(tmp_path / "old.faiss", mmap=False), 600, lambda: iter([x[401:]]), keep=401)
 
 
 def _arrays(root: Path) -> dict[str, bytes]:

@@ -151,6 +151,10 @@ def test_cache_key_changes_with_what_defines_a_model():
               cache_key("c" * 64, TRAIN_PRESETS["tiny"], "t" * 64, 0.4, 0),
               cache_key("c" * 64, TRAIN_PRESETS["tiny"], "t" * 64, 0.5, 1)]
     assert base not in {k["key"] for k in others}
+    # keys of from-scratch recipes are what they were before fine-tuning recipes existed (caches stay valid)
+    assert base == "54aae7921f454d4a"
+    assert "finetuned_from" not in cache_key("c" * 64, TRAIN_PRESETS["tiny"], "t" * 64, 0.5, 0)
+    assert cache_key("c" * 64, TRAIN_PRESETS["tiny"], "t" * 64, 0.5, 0, base_fingerprint="b" * 64)["key"] != base
     # the intermediate checkpoints saved do not change the model: they are not part of the key
     assert base == cache_key("c" * 64, dataclasses.replace(TRAIN_PRESETS["tiny"], checkpoints=(0.5, 1.0)),
                              "t" * 64, 0.5, 0)["key"]

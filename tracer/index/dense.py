@@ -68,57 +68,85 @@ def build_faiss(dim: int, n: int, chunks: Callable[[], object], factory: str = "
     return index
 
 
+class CannotKeepError(ValueError):
+    """A FAISS index that cannot keep a prefix of its vectors and drop the rest (HNSW and other graphs)."""
+
+
+def _plain_codes(index: object) -> bool:
+    """One code per row, in row order, and nothing else (``Flat``, ``SQ8``, ``PQ``): subclasses that keep more
+    per row (e.g. ``FlatIPPanorama``'s cumulative sums) are excluded."""
+    faiss = _faiss()
+    return type(index) in (faiss.IndexFlat, faiss.IndexFlatIP, faiss.IndexFlatL2, faiss.IndexScalarQuantizer,
+                           faiss.IndexPQ)
+
+
 def _add_rows(index: object, n: int, chunks: Callable[[], object],
               on_rows: Callable[[int], object] | None) -> None:
     """Add ``chunks()`` to ``index`` until it holds ``n`` vectors.
 
-    A flat-codes index (``Flat``, ``SQ8``, ``PQ``: one code per row, in row order) gets its code buffer sized
-    once and each block's codes written in place (``sa_encode``, which is what ``add`` stores): growing it
-    block by block reallocates, and peaks at about three times the codes. Other indexes use ``add``.
+    A plain flat-codes index (``Flat``, ``SQ8``, ``PQ``: one code per row, in row order) gets its code buffer
+    sized once and each block's codes written in place (``sa_encode``, which is what its ``add`` stores):
+    growing it block by block reallocates, and peaks at about twice the codes. If anything fails midway the
+    buffer is cut back to the rows written, so the index stays consistent. Other indexes use ``add``.
     """
     faiss = _faiss()
-    flat = isinstance(index, faiss.IndexFlatCodes)
-    if flat:
-        cs, start = index.code_size, index.ntotal  # type: ignore[attr-defined]
-        index.codes.resize(max(n, start) * cs)  # type: ignore[attr-defined]
-        codes = faiss.rev_swig_ptr(index.codes.data(), max(n, start) * cs)  # type: ignore[attr-defined]
-        at = start
-    for block in chunks():  # type: ignore[attr-defined]
-        block = np.ascontiguousarray(block, dtype=np.float32)
-        if flat:
-            if at + len(block) > n:
-                raise ValueError(f"FAISS index would hold over {n} vectors")
-            codes[at * cs:(at + len(block)) * cs] = index.sa_encode(block).ravel()  # type: ignore[attr-defined]
-            at += len(block)
-            index.ntotal = at  # type: ignore[attr-defined]
-        else:
-            index.add(block)  # type: ignore[attr-defined]
-        if on_rows is not None:
-            on_rows(len(block))  # type: ignore[arg-type]
+    if not _plain_codes(index):
+        for block in chunks():  # type: ignore[attr-defined]
+            index.add(np.ascontiguousarray(block, dtype=np.float32))  # type: ignore[attr-defined]
+            if on_rows is not None:
+                on_rows(len(block))  # type: ignore[arg-type]
+    else:
+        cs, at = index.code_size, index.ntotal  # type: ignore[attr-defined]
+        index.codes.resize(max(n, at) * cs)  # type: ignore[attr-defined]
+        codes = None
+        try:
+            codes = faiss.rev_swig_ptr(index.codes.data(), max(n, at) * cs)  # type: ignore[attr-defined]
+            for block in chunks():  # type: ignore[attr-defined]
+                block = np.ascontiguousarray(block, dtype=np.float32)
+                if at + len(block) > n:
+                    raise ValueError(f"FAISS index would hold over {n} vectors")
+                codes[at * cs:(at + len(block)) * cs] = index.sa_encode(block).ravel()  # type: ignore
+                at += len(block)
+                index.ntotal = at  # type: ignore[attr-defined]
+                if on_rows is not None:
+                    on_rows(len(block))  # type: ignore[arg-type]
+        finally:
+            del codes
+            index.codes.resize(index.ntotal * cs)  # type: ignore[attr-defined]  # no-op when all went well
     if index.ntotal != n:  # type: ignore[attr-defined]
-        if flat:
-            index.codes.resize(at * cs)  # type: ignore[attr-defined]
         raise ValueError(f"FAISS index holds {index.ntotal} vectors, expected {n}")  # type: ignore[attr-defined]
+
+
+def keeps_prefix(index: object) -> bool:
+    """Whether :func:`fill_faiss` can keep a prefix of this index's vectors (flat-codes and IVF indexes)."""
+    return _plain_codes(index) or isinstance(index, _faiss().IndexIVF)
 
 
 def fill_faiss(index: object, n: int, chunks: Callable[[], object], on_rows: Callable[[int], object] | None = None,
                keep: int = 0) -> object:
-    """Reuse a trained FAISS ``index``: keep its first ``keep`` vectors, drop the rest, add ``chunks()``.
+    """Reuse a trained FAISS ``index`` (read whole into memory, ``read_faiss(..., mmap=False)``): keep its first
+    ``keep`` vectors, drop the rest, add ``chunks()``.
 
-    The trained state (quantizer ranges, centroids) is kept, so the result equals a fresh index of the same
-    training filled with the same rows. Raises ``ValueError`` when the index cannot drop vectors (HNSW)
-    or ends with other than ``n`` vectors.
+    The trained state (quantizer ranges, centroids) is kept, so for flat-codes and IVF indexes the result
+    equals a fresh index of the same training filled with the same rows, byte for byte.
+
+    Raises:
+        CannotKeepError: ``keep > 0`` for an index that cannot drop vectors that way (HNSW, other graphs,
+            whose insertion order and random levels a prefix would not reproduce): refill it with ``keep=0``.
+        ValueError: ``keep`` is more than the index holds, or it ends with other than ``n`` vectors.
     """
     faiss = _faiss()
     if not 0 <= keep <= index.ntotal:  # type: ignore[attr-defined]
         raise ValueError(f"cannot keep {keep} of the {index.ntotal} vectors of a FAISS index")  # type: ignore
-    try:
-        if keep == 0:
-            index.reset()  # type: ignore[attr-defined]
-        elif keep < index.ntotal:  # type: ignore[attr-defined]
+    if keep and not keeps_prefix(index):
+        raise CannotKeepError(f"a FAISS {type(index).__name__} cannot keep a prefix of its vectors")
+    if keep == 0:
+        index.reset()  # type: ignore[attr-defined]
+    elif keep < index.ntotal:  # type: ignore[attr-defined]
+        try:
             index.remove_ids(faiss.IDSelectorRange(keep, index.ntotal))  # type: ignore[attr-defined]
-    except RuntimeError as exc:
-        raise ValueError(f"this FAISS index cannot drop vectors: {str(exc).strip().splitlines()[-1]}") from exc
+        except RuntimeError as exc:
+            raise CannotKeepError(f"this FAISS index cannot drop vectors: {str(exc).strip().splitlines()[-1]}") from exc
     _add_rows(index, n, chunks, on_rows)
     return index
 

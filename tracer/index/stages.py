@@ -38,7 +38,7 @@ import torch
 from tracer.featurize.views import RAW
 from tracer.featurize.sketch import influence_sketch, trak_sketch
 from tracer.index import files as F
-from tracer.index.dense import build_faiss, fill_faiss, write_faiss
+from tracer.index.dense import build_faiss, fill_faiss, keeps_prefix, write_faiss
 from tracer.index.quant import release_pages
 
 CHUNK = 2048  # rows per streamed block
@@ -212,15 +212,15 @@ def gradient_faiss_stage(ctx: Any) -> dict[str, Any]:
             release_pages(*mats)
 
     info = {"dim": dim, "factory": ctx.cfg.faiss_factory, "coords_per_checkpoint": int(coords.shape[1]),
-            "space": "tracin: [sqrt(lr_c) * raw_c[coords_c]], coords = top lr * E[g^2] per checkpoint"}
+            "space": "tracin: [sqrt(lr_c) * raw_c[coords_c]], coords = top lr * E[g^2] per checkpoint"
+                     + (" of the documents the pinned space was fitted on" if pin is not None else "")}
     if pin is not None:
         _, index, keep, fit_rows = pinned
+        if keep and not keeps_prefix(index):  # HNSW: every row again, in the pinned space
+            keep = 0
         with _bar(ctx, n, "gradient FAISS") as bar:
             bar.update(keep)
-            try:
-                index = fill_faiss(index, n, lambda: chunks(keep), bar.update, keep)
-            except ValueError:  # an index that cannot drop vectors (HNSW): encode every row in the pinned space
-                index = fill_faiss(_pinned_faiss(ctx, pin)[1], n, chunks, None, 0)
+            index = fill_faiss(index, n, lambda: chunks(keep), bar.update, keep)
         write_faiss(index, ctx.root / F.GRADIENT_FAISS)
         return dict(info, fit_rows=fit_rows, pinned=True, kept_rows=keep)
 

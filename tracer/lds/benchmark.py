@@ -124,13 +124,21 @@ def subset_data(index_dir: str | Path, queries: Sequence[Query], run_dir: str | 
                 on_progress: Callable[[int, int, str], None] | None = None) -> SubsetData:
     """Steps 1-4 of the module docstring: subsets, cached subset models (trained if missing), losses."""
     from tracer.corpus import corpus_fingerprint
+    from tracer.errors import DataError
     from tracer.index.store import IndexStore
     from tracer.model.loading import weights_fingerprint
-    from tracer.model.train import read_recipe
+    from tracer.model.train import TRAIN_CONFIG, read_recipe
 
     run = Path(run_dir)
-    run_recipe, base = read_recipe(run)
-    recipe = recipe or run_recipe
+    if recipe is not None and not (run / TRAIN_CONFIG).is_file():  # an override and no recorded recipe
+        run_recipe, base = recipe, None
+    else:
+        run_recipe, base = read_recipe(run)
+    if recipe is None:
+        recipe = run_recipe
+    elif type(recipe) is not type(run_recipe):
+        raise DataError(f"the recipe override is a {type(recipe).__name__}, but {run} is a "
+                        f"{'fine-tuning' if base is not None else 'from-scratch'} run ({type(run_recipe).__name__})")
     store = IndexStore.open(index_dir)
     docs = [store.document(i) for i in range(store.n_documents)]
     masks = sample_subsets(len(docs), cfg.n_subsets, cfg.alpha, cfg.seed)
@@ -186,7 +194,8 @@ def run_lds(index_dir: str | Path, queries: Sequence[Query], run_dir: str | Path
             its ``tokenizer/`` the tokenizer of every subset model.
         cache_dir: Where subset models are cached.
         cfg: Subsets, methods, bootstrap.
-        recipe: A :class:`~tracer.model.train.TrainConfig` overriding the run's recipe.
+        recipe: A recipe overriding the run's, of the run's kind: a :class:`~tracer.model.train.TrainConfig`
+            for a from-scratch run, a :class:`~tracer.model.train.FinetuneConfig` for a fine-tuning run.
         on_progress: ``(done, total, stage)``.
         method_params: Per-method parameters, e.g. ``{"tracin_cos": {"task_lambda": 0.5}}`` (recorded).
 

@@ -9,11 +9,13 @@ A *run* directory written by ``tracer train`` lists its checkpoints in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tracer.errors import DataError
 
@@ -49,6 +51,33 @@ def _require_local_dir(path: str | Path, what: str) -> Path:
     return p
 
 
+_BAR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_load_bar() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" bar (noise in a library call) for one load: through its
+    tqdm hook where it has one (nothing global is switched off), else by toggling its bar setting back."""
+    from transformers.utils import logging as hf_logging
+
+    with _BAR_LOCK:
+        if hasattr(hf_logging, "set_tqdm_hook"):
+            previous = hf_logging.set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs,
+                                                                                             "disable": True}))
+            try:
+                yield
+            finally:
+                hf_logging.set_tqdm_hook(previous)
+        else:
+            on = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                yield
+            finally:
+                if on:
+                    hf_logging.enable_progress_bar()
+
+
 def load_model(path: str | Path, dtype: Any = None, attn_implementation: str | None = None) -> Any:
     """Load a transformers causal LM from a local directory, in eval mode.
 
@@ -58,19 +87,13 @@ def load_model(path: str | Path, dtype: Any = None, attn_implementation: str | N
     import torch
     from transformers import AutoModelForCausalLM
 
-    from transformers.utils import logging as hf_logging
-
     p = _require_local_dir(path, "model")
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # its per-load "Loading weights" bar is noise in a library call
     try:
         kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype or torch.float32, **kw)
+        with _no_load_bar():
+            model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype or torch.float32, **kw)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot load a causal LM from {p}: {exc}") from exc
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
     model.eval()
     return model
 
