@@ -105,7 +105,6 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.checkpoints must be increasing fractions in (0, 1], "
                              f"got {self.checkpoints}")
 
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
         d = {k: v for k, v in d.items() if k not in ("kind", "init_from")}
