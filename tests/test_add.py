@@ -231,3 +231,10 @@ def test_refusals_are_one_line(built, tmp_path, tiny_bench, tiny_run, capsys):
     with pytest.raises(DataError, match="no documents"):
         add_documents(idx, [], progress=False)
     assert read_manifest(idx, verify=True)["corpus"]["n_documents"] == N_OLD
+
+
+def test_a_pinned_faiss_space_from_other_checkpoints_is_refused(built, tmp_path, tiny_bench, tiny_run):
+    cks = load_checkpoints(tiny_run)
+    with pytest.raises(ValueError, match="fitted on other checkpoints"):
+        build_index(tiny_bench.documents, [cks[0], cks[2]], tmp_path / "ref", _cfg(), progress=False,
+                    basis=BasisPin(fit_pool=N_OLD, faiss=str(built / "old")))

@@ -253,14 +253,19 @@ def _pinned_faiss(ctx: Any, pin: str) -> tuple[np.ndarray, Any, int, int]:
 
     from tracer.index.dense import read_faiss
 
+    from tracer.index.build import IndexConfig
+    from tracer.model.loading import weights_fingerprint
+
     root = Path(pin)
     manifest = json.loads((root / F.MANIFEST).read_text())
-    cfg, n_ck = manifest["config"], len(ctx.checkpoints)
+    cfg, n_ck = IndexConfig.from_dict(manifest["config"]), len(ctx.checkpoints)
     coords = np.load(root / F.GRADIENT_COORDS)
-    if (cfg["faiss_factory"], cfg["faiss_dim"]) != (ctx.cfg.faiss_factory, ctx.cfg.faiss_dim) or len(coords) != n_ck:
-        raise ValueError(f"the pinned FAISS space of {root} ({cfg['faiss_factory']}, {cfg['faiss_dim']} coordinates "
+    if (cfg.faiss_factory, cfg.faiss_dim) != (ctx.cfg.faiss_factory, ctx.cfg.faiss_dim) or len(coords) != n_ck:
+        raise ValueError(f"the pinned FAISS space of {root} ({cfg.faiss_factory}, {cfg.faiss_dim} coordinates "
                          f"x {len(coords)} checkpoints) does not fit this build ({ctx.cfg.faiss_factory}, "
                          f"{ctx.cfg.faiss_dim} x {n_ck})")
+    if [c["fingerprint"] for c in manifest["checkpoints"]] != [weights_fingerprint(c.path) for c in ctx.checkpoints]:
+        raise ValueError(f"the pinned FAISS space of {root} was fitted on other checkpoints than this build's")
     index = read_faiss(root / F.GRADIENT_FAISS, mmap=False)
     if index.d != coords.size:  # type: ignore[attr-defined]
         raise ValueError(f"{root / F.GRADIENT_FAISS} holds {index.d}-wide vectors, its coordinates "  # type: ignore
