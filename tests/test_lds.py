@@ -219,3 +219,26 @@ def test_lds_end_to_end_with_cache_reuse(tiny_bench, tiny_run, tiny_index, tmp_p
     figures = {m: r["lds"] for m, r in report["methods"].items()}
     assert {m: r["lds"] for m, r in again["methods"].items()} == figures
     assert (out / "lds.md").read_text().count("\n| ") == len(report["methods"]) + 1
+
+
+def test_top_k_scores_keeps_each_querys_largest_and_zeroes_the_rest():
+    from tracer.lds.score import top_k_scores
+
+    s = np.array([[0.1, 3.0, -2.0, 3.0, 0.5],
+                  [-1.0, -0.5, -3.0, -0.2, -4.0]])
+    got = top_k_scores(s, 2)
+    np.testing.assert_array_equal(got, [[0.0, 3.0, 0.0, 3.0, 0.0],   # the tie at 3.0: both kept (k = 2)
+                                        [0.0, -0.5, 0.0, -0.2, 0.0]])  # negatives too: the 2 largest
+    np.testing.assert_array_equal(top_k_scores(s, 1), [[0, 3.0, 0, 0, 0], [0, 0, 0, -0.2, 0]])  # first of a tie
+    np.testing.assert_array_equal(top_k_scores(s, 9), s)
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        top_k_scores(s, 0)
+    # a datamodel whose signal sits on 3 documents: truncating the scores to them scores as high as the full
+    rng = np.random.default_rng(0)
+    masks = sample_subsets(60, 40, 0.5, 0)
+    w = np.zeros((5, 60))
+    w[:, :3] = 1.0
+    losses = -(masks.astype(float) @ w.T).T + 0.1 * rng.normal(size=(5, 40))
+    noisy = w + 0.02 * rng.normal(size=w.shape)
+    full, top = lds(noisy, masks, losses)["mean"], lds(top_k_scores(noisy, 3), masks, losses)["mean"]
+    assert top >= full - 1e-9 and top > 0.8

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slice", default="all", help="all (default) | learned")
     p.add_argument("--max-queries", type=int, help="use at most N queries")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over queries")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="predict from each method's top-K scores per query only (default 0: all, standard LDS)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--params", default="",
                    help='method parameters as JSON, e.g. \'{"tracin_cos": {"task_lambda": 0.5}}\' (recorded in the report)')
@@ -49,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
                              args.max_queries)
     try:
         cfg = LdsConfig(n_subsets=args.subsets, alpha=args.alpha, seed=args.seed, n_boot=args.n_boot,
-                        methods=tuple(m for m in args.methods.split(",") if m))
+                        methods=tuple(m for m in args.methods.split(",") if m), top_k=args.top_k)
     except ValueError as exc:
         raise DataError(str(exc)) from None
     try:

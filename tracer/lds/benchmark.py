@@ -30,7 +30,7 @@ from tracer.lds.retrain import (
     subset_losses,
     tokenizer_fingerprint,
 )
-from tracer.lds.score import lds, sample_subsets
+from tracer.lds.score import lds, sample_subsets, top_k_scores
 from tracer.types import Query
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class LdsConfig:
         "help": "methods to score (empty: every one the index offers)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples over queries"})
     batch_size: int = field(default=32, metadata={"help": "queries featurized together"})
+    top_k: int = field(default=0, metadata={
+        "help": "predict from each method's top-k scores per query only (0: every document's, standard LDS)"})
 
     def __post_init__(self) -> None:
         if self.n_subsets < 2:
@@ -56,8 +58,8 @@ class LdsConfig:
                              f"got {self.n_subsets}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"LdsConfig.alpha must be in (0, 1), got {self.alpha}")
-        if self.n_boot < 1 or self.batch_size < 1:
-            raise ValueError("LdsConfig.n_boot and batch_size must be >= 1")
+        if self.n_boot < 1 or self.batch_size < 1 or self.top_k < 0:
+            raise ValueError("LdsConfig.n_boot and batch_size must be >= 1, top_k >= 0")
 
 
 def attribution_scores(retriever: Any, pairs: Sequence[tuple[str, str]], methods: Sequence[str],
@@ -174,6 +176,8 @@ def method_lds(data: SubsetData, queries: Sequence[Query], cfg: LdsConfig = LdsC
         retriever.close()
     if any(q.proponents for q in queries):
         scores[PROPONENTS] = proponent_scores(queries, data.store.doc_ids)
+    if cfg.top_k:
+        scores = {m: top_k_scores(s, cfg.top_k) for m, s in scores.items()}
     report = {m: {"lds": lds(s, data.masks, data.losses, cfg.n_boot, cfg.seed, m),
                   "score_seconds": round(score_s.get(m, 0.0), 2)} for m, s in scores.items()}
     extra = {"methods": methods, "method_params": method_params or {}, "task_corrections": task,

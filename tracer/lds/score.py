@@ -83,6 +83,28 @@ def subset_sums(scores: NDArray[np.floating], masks: NDArray[np.bool_]) -> NDArr
     return s @ masks.T.astype(np.float64)
 
 
+def top_k_scores(scores: NDArray[np.floating], k: int) -> NDArray[np.float64]:
+    """Each query's ``k`` highest scores kept, every other score set to 0: a sparse datamodel that predicts a
+    subset's effect from the method's top hits alone (ties broken by document order).
+
+    Args:
+        scores: ``(n_queries, n_docs)``.
+        k: Scores kept per query (``k >= n_docs`` keeps them all).
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    s = np.asarray(scores, dtype=np.float64)
+    if k >= s.shape[1]:
+        return s.copy()
+    keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    out = np.zeros_like(s)
+    np.put_along_axis(out, keep, np.take_along_axis(s, keep, axis=1), axis=1)
+    return out
+
+
 def average_ranks(x: NDArray[np.floating]) -> NDArray[np.float64]:
     """Ranks ``1..n`` along the last axis, ties sharing their mean rank (as ``scipy.stats.rankdata``)."""
     x = np.asarray(x, dtype=np.float64)
