@@ -328,3 +328,26 @@ def test_transformers_loading_bars_are_off_in_every_command(tiny_index, tiny_ben
         assert "Loading weights" not in capsys.readouterr().err
     finally:
         hf_logging.disable_progress_bar()
+
+
+def test_eval_tail_patch_lr_is_used_recorded_and_checked(tmp_path, capsys, tiny_index, tiny_bench):
+    """``--tail-patch-lr``: the step the deltas are taken with (a smaller step moves log p less), recorded in the
+    report's settings; 0 and ``--server`` are refused with one line."""
+    path, _ = _eval_queries(tmp_path, tiny_bench)
+    deltas = {}
+    for lr in ("1e-2", "1e-4"):
+        out = tmp_path / f"r{lr}"
+        assert main(["eval", "--index", str(tiny_index), "--queries", str(path), "--slice", "all", "--methods",
+                     "bm25", "--tail-patch", "--tail-patch-queries", "3", "--tail-patch-lr", lr,
+                     "--out", str(out)]) == 0
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["settings"]["tail_patch_lr"] == float(lr)
+        deltas[lr] = abs(report["methods"]["bm25"]["tail_patch"]["mean"])
+    assert 0 < deltas["1e-4"] < deltas["1e-2"]
+    capsys.readouterr()
+    assert main(["eval", "--index", str(tiny_index), "--queries", str(path), "--slice", "all", "--tail-patch",
+                 "--tail-patch-lr", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "tail_patch_lr must be > 0" in capsys.readouterr().err
+    assert main(["eval", "--server", "127.0.0.1:1", "--index", "tiny", "--queries", str(path), "--slice", "all",
+                 "--tail-patch-lr", "1e-4", "--out", str(tmp_path / "bad")]) == 2
+    assert "--tail-patch-lr is in-process only" in capsys.readouterr().err

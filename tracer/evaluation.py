@@ -64,6 +64,8 @@ class EvalConfig:
             raise InvalidRequestError(f"unknown policy {self.policy!r}; expected one of {', '.join(POLICIES)}")
         if not self.methods:
             raise InvalidRequestError("methods must name at least one method")
+        if not self.tail_patch_lr > 0:
+            raise InvalidRequestError(f"tail_patch_lr must be > 0, got {self.tail_patch_lr}")
         if self.num_candidates < 1 or not self.ks or min(self.ks) < 1:
             raise InvalidRequestError("num_candidates and every k must be >= 1")
         for fusion in self.fusions:

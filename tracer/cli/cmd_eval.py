@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"seed of the --max-queries sample (default {DEFAULT_SEED})")
     p.add_argument("--tail-patch", action="store_true", help="run the tail-patch causal check")
     p.add_argument("--tail-patch-queries", type=int, default=200)
+    p.add_argument("--tail-patch-lr", type=float, default=1e-2,
+                   help="SGD step of the tail-patch (default 1e-2, for models trained from scratch at ~1e-2; "
+                        "use about the fine-tuning lr for a pretrained model)")
     p.add_argument("--cascade-budgets", default=None, metavar="MS,MS,...",
                    help="also measure MRR against latency for every fixed cascade and for candidates=auto at these "
                         "budgets (ms), on the same queries: a Pareto plot in report.html (in-process only)")
@@ -150,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     progress = StageBars()
     kw = dict(methods=methods, candidates=args.candidates, num_candidates=args.num_candidates, policy=args.policy,
-              tail_patch=args.tail_patch, tail_patch_max_queries=args.tail_patch_queries)
+              tail_patch=args.tail_patch, tail_patch_max_queries=args.tail_patch_queries,
+              tail_patch_lr=args.tail_patch_lr)
     out = Path(args.out)
     try:
         if args.server:
@@ -158,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                 raise DataError("--fuse is computed in-process; run without --server")
             if args.cascade_budgets:
                 raise DataError("--cascade-budgets times the cascades in-process; run without --server")
+            if kw.pop("tail_patch_lr") != 1e-2:
+                raise DataError("--tail-patch-lr is in-process only (the server steps at 1e-2); run without --server")
             report = _remote(args, queries, kw, progress)
         else:
             report = _local(args, queries, kw, progress, out, budgets)
