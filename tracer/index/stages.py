@@ -251,13 +251,13 @@ def _pinned_faiss(ctx: Any, pin: str) -> tuple[np.ndarray, Any, int, int]:
     import json
     from pathlib import Path
 
-    from tracer.index.dense import read_faiss
-
     from tracer.index.build import IndexConfig
+    from tracer.index.dense import read_faiss
+    from tracer.index.manifest import read_manifest
     from tracer.model.loading import weights_fingerprint
 
     root = Path(pin)
-    manifest = json.loads((root / F.MANIFEST).read_text())
+    manifest = read_manifest(root)  # a missing or damaged pinned index: the store's own errors
     cfg, n_ck = IndexConfig.from_dict(manifest["config"]), len(ctx.checkpoints)
     coords = np.load(root / F.GRADIENT_COORDS)
     if (cfg.faiss_factory, cfg.faiss_dim) != (ctx.cfg.faiss_factory, ctx.cfg.faiss_dim) or len(coords) != n_ck:
