@@ -118,6 +118,31 @@ def test_report_page_is_self_contained_and_complete(evaluated, tmp_path) -> None
     assert first["methods"]["bm25"]["top"] == report["details"]["hits"]["bm25"][first["query_id"]]
 
 
+def test_markdown_report_carries_the_pages_paired_tests(evaluated, tmp_path) -> None:
+    """report.md's paired table: every other method against the best by MRR, the same numbers as
+    compare.pairwise (so the HTML page's), tail-patch included."""
+    from tracer.metrics.compare import pairwise
+    from tracer.metrics.page import PAIRED_RESAMPLES
+
+    res, _ = evaluated
+    report = json.loads(json.dumps(res.report))
+    md = write_report(tmp_path / "rep", report)["markdown"].read_text(encoding="utf-8")
+    best = max(report["methods"], key=lambda m: report["methods"][m]["all"]["mrr"]["mean"])
+    assert f"## Paired tests against {best} (best MRR)" in md
+    per_query = report["details"]["per_query"]
+    for metric in ("mrr", "tail_patch"):
+        tests = pairwise(per_query, metric, best, n_resamples=PAIRED_RESAMPLES, seed=report["settings"]["seed"])
+        assert set(tests) == set(per_query) - {best}
+        for m, t in tests.items():
+            row = next(x for x in md.splitlines() if x.startswith(f"| {m} |") and "p=" in x)
+            cell = (f"{t['mean_diff']:+.3f} [{t['lo']:+.2f}, {t['hi']:+.2f}] p={t['p_value']:.2g} "
+                    f"{t['wins']}/{t['ties']}/{t['losses']}")
+            assert cell in row, (m, metric, row)
+    # Without per-query details (a summary from an older server) there is no paired table.
+    assert "Paired tests" not in write_report(tmp_path / "bare", {k: v for k, v in report.items()
+                                                                    if k != "details"})["markdown"].read_text()
+
+
 def test_evaluation_records_each_top_hit_stability_as_trace_does(evaluated, tiny_index) -> None:
     """The eval's per-hit stability equals Tracer.trace's on the same candidates; its table equals the script's."""
     import importlib.util

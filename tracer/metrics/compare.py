@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TIE_TOL", "paired_test", "pairwise", "topk_jaccard"]
+__all__ = ["TIE_TOL", "against_best", "paired_test", "pairwise", "topk_jaccard"]
 
 # Per-query differences within this are ties (metric values are ratios of small integers).
 TIE_TOL = 1e-12
@@ -83,6 +83,24 @@ def pairwise(per_query: Mapping[str, Mapping[str, Mapping[str, Any]]], metric: s
             continue
         out[m] = paired_test(vals, ref, n_resamples=n_resamples, seed=seed)
     return out
+
+
+def against_best(methods: Mapping[str, Mapping[str, Any]], per_query: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                 metrics: Sequence[str], n_resamples: int = 10000,
+                 seed: int = 0) -> tuple[str, dict[str, dict[str, dict[str, Any]]]]:
+    """The reports' paired tests: every method against the one with the best mean MRR.
+
+    Args:
+        methods: The report's ``methods`` block (method -> ``{"all": {"mrr": {"mean": ...}}}``).
+        per_query: The report's ``details.per_query``.
+        metrics: Metric keys to test; those no query carries are left out.
+
+    Returns:
+        ``(reference, {metric: {method: paired_test dict}})``.
+    """
+    ref = max(methods, key=lambda m: methods[m].get("all", {}).get("mrr", {}).get("mean", float("-inf")))
+    present = [k for k in metrics if any(k in row for rows in per_query.values() for row in rows.values())]
+    return ref, {k: pairwise(per_query, k, ref, n_resamples=n_resamples, seed=seed) for k in present}
 
 
 def topk_jaccard(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence[str]], k: int = 10) -> float:

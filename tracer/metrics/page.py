@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tracer.metrics import charts
-from tracer.metrics.compare import pairwise, topk_jaccard
+from tracer.metrics.compare import against_best, topk_jaccard
 
 __all__ = ["render_cascade_page", "render_page"]
 
@@ -151,10 +151,8 @@ def summary_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _paired_section(methods: Mapping[str, Any], per_query: Mapping[str, Any], seed: int) -> str:
-    ref = max(methods, key=lambda m: methods[m]["all"].get("mrr", {}).get("mean", float("-inf")))
-    metrics = [(h, k) for h, k in PAIRED_METRICS if any(k in row for rows in per_query.values()
-                                                         for row in rows.values())]
-    tests = {k: pairwise(per_query, k, ref, n_resamples=PAIRED_RESAMPLES, seed=seed) for _, k in metrics}
+    ref, tests = against_best(methods, per_query, [k for _, k in PAIRED_METRICS], PAIRED_RESAMPLES, seed)
+    metrics = [(h, k) for h, k in PAIRED_METRICS if k in tests]
     head = "".join(f"<th>{html.escape(h)}<br>Δ [95% CI] · p · W/T/L</th>" for h, _ in metrics)
     rows = []
     for m in per_query:

@@ -194,14 +194,44 @@ def _markdown_doc(report: Mapping[str, Any]) -> str:
     labels = dict(SETTING_LABELS)
     order = [k for k, _ in SETTING_LABELS if k in settings] + sorted(k for k in settings if k not in labels)
     lines = [f"# {report.get('title', 'tracer report')}", "", markdown_table(report)]
-    lines += _markdown_stability(report.get("stability")) + _markdown_cascade(report.get("cascade"))
-    lines += ["## Settings", ""]
+    lines += _markdown_paired(report) + _markdown_stability(report.get("stability"))
+    lines += _markdown_cascade(report.get("cascade")) + ["## Settings", ""]
     lines += [f"- {labels.get(k, k.replace('_', ' '))}: {_fmt(settings[k])}" for k in order]
     return "\n".join(lines) + "\n"
 
 
 def _md_num(v: Any, fmt: str) -> str:
     return MISSING if v is None else format(v, fmt)
+
+
+def _markdown_paired(report: Mapping[str, Any]) -> list[str]:
+    """The HTML page's paired tests (every method against the best by MRR) as markdown lines; none without
+    per-query details or with one method."""
+    from tracer.metrics.compare import against_best
+    from tracer.metrics.page import PAIRED_METRICS, PAIRED_RESAMPLES
+
+    per_query = (report.get(DETAILS) or {}).get("per_query") or {}
+    if len(per_query) < 2:
+        return []
+    seed = int((report.get("settings") or {}).get("seed", 0) or 0)
+    ref, tests = against_best(report["methods"], per_query, [k for _, k in PAIRED_METRICS], PAIRED_RESAMPLES, seed)
+    cols = [(h, k) for h, k in PAIRED_METRICS if k in tests]
+    out = [f"## Paired tests against {ref} (best MRR)", "",
+           f"Per query, the method's value minus {ref}'s: mean difference [95% paired bootstrap interval], "
+           f"two-sided sign-flip p ({PAIRED_RESAMPLES} permutations), and the queries won / tied / lost. "
+           "Tail-patch uses its own query subset. Two methods' separate intervals can overlap while the "
+           "paired one excludes 0: the queries' own difficulty cancels in a difference.", "",
+           "| method | " + " | ".join(h for h, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for m in per_query:
+        if m == ref:
+            continue
+        cells = []
+        for _, k in cols:
+            t = tests[k].get(m)
+            cells.append(MISSING if t is None else f"{t['mean_diff']:+.3f} [{t['lo']:+.2f}, {t['hi']:+.2f}] "
+                         f"p={t['p_value']:.2g} {t['wins']}/{t['ties']}/{t['losses']}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _markdown_stability(stab: Mapping[str, Any] | None) -> list[str]:
