@@ -138,6 +138,12 @@ def test_markdown_report_carries_the_pages_paired_tests(evaluated, tmp_path) -> 
             cell = (f"{t['mean_diff']:+.3f} [{t['lo']:+.2f}, {t['hi']:+.2f}] p={t['p_value']:.2g} "
                     f"{t['wins']}/{t['ties']}/{t['losses']}")
             assert cell in row, (m, metric, row)
+    # The report's seed drives the resampling.
+    report["settings"]["seed"] = 7
+    md7 = write_report(tmp_path / "rep7", report)["markdown"].read_text(encoding="utf-8")
+    other = next(m for m in per_query if m != best)
+    t7 = pairwise(per_query, "mrr", best, n_resamples=PAIRED_RESAMPLES, seed=7)[other]
+    assert f"{t7['mean_diff']:+.3f} [{t7['lo']:+.2f}, {t7['hi']:+.2f}] p={t7['p_value']:.2g}" in md7
     # Without per-query details (a summary from an older server) there is no paired table.
     assert "Paired tests" not in write_report(tmp_path / "bare", {k: v for k, v in report.items()
                                                                     if k != "details"})["markdown"].read_text()

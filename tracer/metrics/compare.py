@@ -96,9 +96,11 @@ def against_best(methods: Mapping[str, Mapping[str, Any]], per_query: Mapping[st
         metrics: Metric keys to test; those no query carries are left out.
 
     Returns:
-        ``(reference, {metric: {method: paired_test dict}})``.
+        ``(reference, {metric: {method: paired_test dict}})``; the reference is chosen among the
+        methods that have per-query rows.
     """
-    ref = max(methods, key=lambda m: methods[m].get("all", {}).get("mrr", {}).get("mean", float("-inf")))
+    pool = [m for m in methods if m in per_query] or list(methods)  # a reference with per-query rows to pair
+    ref = max(pool, key=lambda m: methods[m].get("all", {}).get("mrr", {}).get("mean", float("-inf")))
     present = [k for k in metrics if any(k in row for rows in per_query.values() for row in rows.values())]
     return ref, {k: pairwise(per_query, k, ref, n_resamples=n_resamples, seed=seed) for k in present}
 
