@@ -21,7 +21,7 @@ from typing import Any
 from tracer.metrics import charts
 from tracer.metrics.compare import against_best, topk_jaccard
 
-__all__ = ["render_cascade_page", "render_page"]
+__all__ = ["paired_tests", "render_cascade_page", "render_page"]
 
 # Summary columns: (header, metric key in a method's "all" dict). Higher is better for each.
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -150,8 +150,19 @@ def summary_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _paired_section(methods: Mapping[str, Any], per_query: Mapping[str, Any], seed: int) -> str:
-    ref, tests = against_best(methods, per_query, [k for _, k in PAIRED_METRICS], PAIRED_RESAMPLES, seed)
+def paired_tests(report: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, Any]]] | None:
+    """The reports' paired tests, ``(reference, {metric: {method: test}})``
+    (:func:`~tracer.metrics.compare.against_best` on :data:`PAIRED_METRICS`, the report's seed); ``None``
+    without per-query details or with one method. Computed once per report, shown by both page and markdown."""
+    per_query = (report.get("details") or {}).get("per_query") or {}
+    if len(per_query) < 2:
+        return None
+    seed = int((report.get("settings") or {}).get("seed", 0) or 0)
+    return against_best(report["methods"], per_query, [k for _, k in PAIRED_METRICS], PAIRED_RESAMPLES, seed)
+
+
+def _paired_section(per_query: Mapping[str, Any], paired: tuple[str, dict[str, dict[str, Any]]]) -> str:
+    ref, tests = paired
     metrics = [(h, k) for h, k in PAIRED_METRICS if k in tests]
     head = "".join(f"<th>{html.escape(h)}<br>Δ [95% CI] · p · W/T/L</th>" for h, _ in metrics)
     rows = []
@@ -360,12 +371,14 @@ def _settings(settings: Mapping[str, Any]) -> str:
     return f'<h2>Settings</h2><table id="settings"><tbody>{rows}</tbody></table>'
 
 
-def render_page(report: Mapping[str, Any], methods: Mapping[str, Mapping[str, Any]]) -> str:
+def render_page(report: Mapping[str, Any], methods: Mapping[str, Mapping[str, Any]],
+                paired: tuple[str, dict[str, dict[str, Any]]] | None = None) -> str:
     """The whole page as one HTML string.
 
     Args:
         report: Report dict (see :mod:`tracer.metrics.report`); ``details`` and ``provenance`` optional.
         methods: ``report["methods"]``, validated.
+        paired: :func:`paired_tests` of ``report`` when the caller has them already; computed if needed.
     """
     title = html.escape(str(report.get("title", "tracer report")))
     settings = report.get("settings") or {}
@@ -378,7 +391,7 @@ def render_page(report: Mapping[str, Any], methods: Mapping[str, Mapping[str, An
             _charts_section(report, methods, details)]
     if details:
         if len(details["per_query"]) > 1:
-            body.append(_paired_section(methods, details["per_query"], int(settings.get("seed", 0) or 0)))
+            body.append(_paired_section(details["per_query"], paired or paired_tests(report)))
             body.append(_agreement_section(details["hits"]))
     if (report.get("stability") or {}).get("methods"):
         body.append(_stability_section(report["stability"]))

@@ -146,7 +146,7 @@ def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any]) -> 
         TypeError: If ``report`` is not JSON-serializable.
     """
     from tracer.metrics.charts import bar_chart
-    from tracer.metrics.page import render_page
+    from tracer.metrics.page import paired_tests, render_page
 
     methods = _methods(report)  # validate before writing anything
     out = Path(out_dir)
@@ -154,11 +154,12 @@ def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any]) -> 
     summary = {k: v for k, v in report.items() if k != DETAILS}
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
     png = bar_chart(methods, CHART_METRICS, str(report.get("title", "")))
+    paired = paired_tests(report)  # shown by both report.md and report.html: resampled once
     paths = {
         "json": _atomic_write(out / METRICS_JSON, text.encode("utf-8")),
-        "markdown": _atomic_write(out / REPORT_MD, _markdown_doc(report).encode("utf-8")),
+        "markdown": _atomic_write(out / REPORT_MD, _markdown_doc(report, paired).encode("utf-8")),
         "chart": _atomic_write(out / CHART_PNG, png),
-        "html": _atomic_write(out / REPORT_HTML, render_page(report, methods).encode("utf-8")),
+        "html": _atomic_write(out / REPORT_HTML, render_page(report, methods, paired).encode("utf-8")),
     }
     if report.get(DETAILS):
         lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in per_query_lines(report[DETAILS]))
@@ -187,14 +188,14 @@ def per_query_lines(details: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _markdown_doc(report: Mapping[str, Any]) -> str:
+def _markdown_doc(report: Mapping[str, Any], paired: tuple[str, dict[str, dict[str, Any]]] | None) -> str:
     from tracer.metrics.page import SETTING_LABELS, _fmt
 
     settings = report.get("settings") or {}
     labels = dict(SETTING_LABELS)
     order = [k for k, _ in SETTING_LABELS if k in settings] + sorted(k for k in settings if k not in labels)
     lines = [f"# {report.get('title', 'tracer report')}", "", markdown_table(report)]
-    lines += _markdown_paired(report) + _markdown_stability(report.get("stability"))
+    lines += _markdown_paired(report, paired) + _markdown_stability(report.get("stability"))
     lines += _markdown_cascade(report.get("cascade")) + ["## Settings", ""]
     lines += [f"- {labels.get(k, k.replace('_', ' '))}: {_fmt(settings[k])}" for k in order]
     return "\n".join(lines) + "\n"
@@ -204,17 +205,15 @@ def _md_num(v: Any, fmt: str) -> str:
     return MISSING if v is None else format(v, fmt)
 
 
-def _markdown_paired(report: Mapping[str, Any]) -> list[str]:
-    """The HTML page's paired tests (every method against the best by MRR) as markdown lines; none without
-    per-query details or with one method."""
-    from tracer.metrics.compare import against_best
+def _markdown_paired(report: Mapping[str, Any], paired: tuple[str, dict[str, dict[str, Any]]] | None) -> list[str]:
+    """The HTML page's paired tests (:func:`tracer.metrics.page.paired_tests`: every method against the
+    best by MRR) as markdown lines; none without them."""
     from tracer.metrics.page import PAIRED_METRICS, PAIRED_RESAMPLES
 
-    per_query = (report.get(DETAILS) or {}).get("per_query") or {}
-    if len(per_query) < 2:
+    if paired is None:
         return []
-    seed = int((report.get("settings") or {}).get("seed", 0) or 0)
-    ref, tests = against_best(report["methods"], per_query, [k for _, k in PAIRED_METRICS], PAIRED_RESAMPLES, seed)
+    ref, tests = paired
+    per_query = report[DETAILS]["per_query"]
     cols = [(h, k) for h, k in PAIRED_METRICS if k in tests]
     out = [f"## Paired tests against {ref} (best MRR)", "",
            f"Per query, the method's value minus {ref}'s: mean difference [95% paired bootstrap interval], "
